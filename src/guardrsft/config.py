@@ -1,0 +1,326 @@
+"""Typed, validated view of params.yaml.
+
+Every stage loads the *whole* file through `load_params`, so a misspelled key
+(`dvc exp run -S lr_typo=1` silently adds one) fails every stage with its name.
+Presets are resolved here, in code: a `null` in a stage section means "take the
+preset's value"; anything set explicitly wins.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+POLICY_IDS = ("hate_speech", "violence", "self_harm", "sexual_minors", "harassment", "illegal")
+
+
+class ParamsError(ValueError):
+    """A user mistake in params.yaml; the message names the file, key and fix."""
+
+
+# --------------------------------------------------------------------------- presets
+# One row per preset. Only hardware-dependent knobs live here; everything else is
+# a plain param. `model` may be a Hub id, a local HF folder, or "embedded:smollm2".
+PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": dict(
+        model="embedded:smollm2-135m-instruct", device="cpu", dtype="float32", load_in_4bit=False,
+        batch_size=4, grad_accum=1, max_length=384, attn_impl="sdpa", gradient_checkpointing=False,
+        max_steps=16, eval_max_samples=8, eval_batch_size=16, max_new_tokens=96,
+    ),
+    "t4": dict(
+        # unsloth's pre-quantized copy of the same weights, as the notebook used
+        model="unsloth/Llama-3.2-3B-Instruct", device="cuda", dtype="float16", load_in_4bit=True,
+        batch_size=2, grad_accum=4, max_length=2048, attn_impl="sdpa", gradient_checkpointing=True,
+        max_steps=-1, eval_max_samples=None, eval_batch_size=32, max_new_tokens=512,
+    ),
+    "a100": dict(
+        model="meta-llama/Llama-3.1-8B-Instruct", device="cuda", dtype="bfloat16", load_in_4bit=False,
+        batch_size=4, grad_accum=2, max_length=2048, attn_impl="sdpa", gradient_checkpointing=True,
+        max_steps=-1, eval_max_samples=None, eval_batch_size=64, max_new_tokens=512,
+    ),
+}
+
+
+# --------------------------------------------------------------------------- sections
+@dataclass
+class PromptParams:
+    system: str
+    template: str
+    # bump when the wording changes: it keys trace and prediction caches
+    version: int = 1
+
+
+@dataclass
+class PrepareParams:
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+
+
+@dataclass
+class TracesParams:
+    teacher: str = "template"  # later: openai | batch | import
+
+
+@dataclass
+class TrainParams:
+    epochs: float = 3.0
+    max_steps: Optional[int] = None  # null: preset; -1: run `epochs`; >0: notebook's quick test
+    batch_size: Optional[int] = None
+    grad_accum: Optional[int] = None
+    max_length: Optional[int] = None
+    lora_r: int = 16
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    target_modules: list = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    warmup_ratio: float = 0.05
+    lr_scheduler: str = "cosine"
+    weight_decay: float = 0.01
+    logging_steps: int = 1
+    save_steps: int = 10
+
+
+@dataclass
+class EvaluateParams:
+    max_samples: Optional[int] = None  # null: preset; 0: whole test split
+    batch_size: Optional[int] = None
+    max_new_tokens: Optional[int] = None
+
+
+@dataclass
+class ExportParams:
+    dtype: str = "float16"
+
+
+@dataclass
+class BaselineParams:
+    exact_match: float = 0.57
+
+
+@dataclass
+class MlflowParams:
+    tracking_uri: Optional[str] = None  # null: MLFLOW_TRACKING_URI, else sqlite in the repo
+    experiment: str = "guardrsft"
+    enabled: bool = True
+
+
+@dataclass
+class Params:
+    preset: str
+    lr: float
+    seed: int
+    policies: dict
+    prompt: PromptParams
+    prepare: PrepareParams
+    traces: TracesParams
+    train: TrainParams
+    evaluate: EvaluateParams
+    export: ExportParams
+    baseline: BaselineParams
+    mlflow: MlflowParams
+    source: str = "params.yaml"
+
+    # ---- preset resolution: explicit value > preset value
+    def _pick(self, explicit, key):
+        return PRESETS[self.preset][key] if explicit is None else explicit
+
+    @property
+    def hw(self) -> dict:
+        return PRESETS[self.preset]
+
+    @property
+    def model(self) -> str:
+        return os.environ.get("GUARDRSFT_BASE_MODEL") or self.hw["model"]
+
+    @property
+    def batch_size(self) -> int:
+        return self._pick(self.train.batch_size, "batch_size")
+
+    @property
+    def grad_accum(self) -> int:
+        return self._pick(self.train.grad_accum, "grad_accum")
+
+    @property
+    def max_length(self) -> int:
+        return self._pick(self.train.max_length, "max_length")
+
+    @property
+    def max_steps(self) -> int:
+        return self._pick(self.train.max_steps, "max_steps")
+
+    @property
+    def eval_max_samples(self) -> Optional[int]:
+        n = self._pick(self.evaluate.max_samples, "eval_max_samples")
+        return None if not n else n
+
+    @property
+    def eval_batch_size(self) -> int:
+        return self._pick(self.evaluate.batch_size, "eval_batch_size")
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self._pick(self.evaluate.max_new_tokens, "max_new_tokens")
+
+    def resolved(self) -> dict:
+        """Flat dict of every effective value (logged to MLflow and metrics)."""
+        out = flatten(dataclasses.asdict(self))
+        out.pop("source", None)
+        for k in ("model", "batch_size", "grad_accum", "max_length", "max_steps",
+                  "eval_max_samples", "eval_batch_size", "max_new_tokens"):
+            out[f"resolved.{k}"] = getattr(self, k)
+        for k in ("device", "dtype", "load_in_4bit", "attn_impl", "gradient_checkpointing"):
+            out[f"resolved.{k}"] = self.hw[k]
+        return out
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+# --------------------------------------------------------------------------- loading
+def _coerce(value: Any, tp: Any, where: str, source: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], where, source)
+    bad = ParamsError(f"{source}: `{where}` must be {getattr(tp, '__name__', tp)}, got {value!r}. "
+                      f"Fix the value in {source} (or the -S override).")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise bad
+    if tp is float:
+        # DVC writes `lr: 1e-05`, which YAML 1.1 (PyYAML) reads as a *string*
+        if isinstance(value, bool):
+            raise bad
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise bad from None
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    if tp is list or origin is list:
+        if isinstance(value, list):
+            return value
+        raise bad
+    if tp is dict or origin is dict:
+        if isinstance(value, dict):
+            return value
+        raise bad
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where, source)
+    return value
+
+
+def _build(cls, raw: Any, where: str, source: str):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: `{where}` must be a mapping, got {raw!r}.")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
+    for key in raw:
+        if key not in names:
+            full = f"{where}.{key}" if where else key
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" Did you mean `{(where + '.') if where else ''}{close[0]}`?" if close else ""
+            raise ParamsError(f"{source}: unknown key `{full}`.{hint} Known keys"
+                              f"{' in ' + where if where else ''}: {', '.join(names)}. "
+                              f"Remove or rename it (a `dvc exp run -S` typo adds keys silently).")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name == "source":
+            continue
+        full = f"{where}.{f.name}" if where else f.name
+        if f.name in raw:
+            kwargs[f.name] = _coerce(raw[f.name], hints[f.name], full, source)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            if dataclasses.is_dataclass(hints[f.name]):
+                kwargs[f.name] = _build(hints[f.name], {}, full, source)
+            else:
+                raise ParamsError(f"{source}: missing required key `{full}`.")
+    return cls(**kwargs)
+
+
+def _check_ranges(p: Params) -> None:
+    s = p.source
+
+    def need(ok: bool, key: str, what: str):
+        if not ok:
+            raise ParamsError(f"{s}: `{key}` {what}.")
+
+    need(p.preset in PRESETS, "preset", f"must be one of {', '.join(PRESETS)} (got {p.preset!r})")
+    need(0 < p.lr < 1, "lr", f"must be in (0, 1) (got {p.lr})")
+    unknown = sorted(set(p.policies) - set(POLICY_IDS))
+    need(not unknown, "policies", f"has unknown policy ids {unknown}; allowed: {', '.join(POLICY_IDS)}")
+    need(len(p.policies) > 0, "policies", "must define at least one policy")
+    for k, v in p.policies.items():
+        need(isinstance(v, str) and v.strip() != "", f"policies.{k}", "must be a non-empty definition")
+    for ph in ("{policy}", "{definition}", "{content}"):
+        need(ph in p.prompt.template, "prompt.template", f"must contain the placeholder {ph}")
+    pr = p.prepare
+    need(0 <= pr.val_fraction < 0.5, "prepare.val_fraction", "must be in [0, 0.5)")
+    need(0 < pr.test_fraction < 0.5, "prepare.test_fraction", "must be in (0, 0.5)")
+    need(p.traces.teacher in ("template",), "traces.teacher", "must be `template` (the offline teacher)")
+    t = p.train
+    need(t.epochs > 0, "train.epochs", "must be > 0")
+    need(t.max_steps is None or t.max_steps == -1 or t.max_steps > 0, "train.max_steps",
+         "must be null (preset), -1 (use epochs) or > 0")
+    for k in ("batch_size", "grad_accum", "max_length"):
+        v = getattr(t, k)
+        need(v is None or v > 0, f"train.{k}", "must be null (preset) or > 0")
+    need(t.lora_r > 0 and t.lora_alpha > 0, "train.lora_r/lora_alpha", "must be > 0")
+    need(0 <= t.lora_dropout < 1, "train.lora_dropout", "must be in [0, 1)")
+    need(0 <= t.warmup_ratio < 1, "train.warmup_ratio", "must be in [0, 1)")
+    need(t.lr_scheduler in ("cosine", "linear", "constant", "constant_with_warmup"),
+         "train.lr_scheduler", "must be cosine, linear, constant or constant_with_warmup")
+    need(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+    need(t.logging_steps > 0 and t.save_steps > 0, "train.logging_steps/save_steps", "must be > 0")
+    need(bool(t.target_modules) and all(isinstance(m, str) for m in t.target_modules),
+         "train.target_modules", "must be a non-empty list of module names")
+    e = p.evaluate
+    need(e.max_samples is None or e.max_samples >= 0, "evaluate.max_samples", "must be null, 0 (all) or > 0")
+    need(e.batch_size is None or e.batch_size > 0, "evaluate.batch_size", "must be null or > 0")
+    need(e.max_new_tokens is None or e.max_new_tokens > 0, "evaluate.max_new_tokens", "must be null or > 0")
+    need(p.export.dtype in ("float16", "bfloat16", "float32"), "export.dtype", "must be float16, bfloat16 or float32")
+    need(0 <= p.baseline.exact_match <= 1, "baseline.exact_match", "must be in [0, 1]")
+
+
+def load_params(path: str | os.PathLike = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path}: not found. Run from the repository root or pass --params.")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML: {e}") from None
+    p = _build(Params, raw, "", str(path))
+    p.source = str(path)
+    _check_ranges(p)
+    return p

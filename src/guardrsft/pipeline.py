@@ -1,0 +1,88 @@
+"""The five stages as functions: stage scripts and the CLI both call these."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .config import Params
+from .data import counts, load_notebook_file, split
+from .io import read_jsonl, write_json, write_jsonl
+from .tracking import log_flat_metrics, stage_run
+
+
+def prepare(p: Params, input_path: str, out_dir: str, metrics_out: str) -> dict:
+    samples, report = load_notebook_file(input_path, list(p.policies))
+    parts = split(samples, p.prepare.val_fraction, p.prepare.test_fraction, p.seed)
+    out = Path(out_dir)
+    for name, rows in parts.items():
+        write_jsonl(out / f"{name}.jsonl", [{k: v for k, v in r.items() if k != "index"} for r in rows])
+    metrics = {**{k: v for k, v in report.items() if k != "duplicate_indices"},
+               **{name: counts(rows, list(p.policies)) for name, rows in parts.items()}}
+    if report["duplicates_dropped"]:
+        print(f"[prepare] dropped {report['duplicates_dropped']} duplicate samples (indices "
+              f"{report['duplicate_indices'][:20]}) with the same content and labels as an earlier one",
+              file=sys.stderr)
+    write_json(metrics_out, metrics)
+    print(f"[prepare] {len(samples)} samples -> train {len(parts['train'])} / val {len(parts['val'])} / "
+          f"test {len(parts['test'])}", file=sys.stderr)
+    return metrics
+
+
+def generate_traces(p: Params, prepared_dir: str, out_dir: str, metrics_out: str) -> dict:
+    from .traces import build_traces
+
+    metrics = {}
+    for name in ("train", "val"):
+        src = Path(prepared_dir) / f"{name}.jsonl"
+        if not src.exists():
+            raise FileNotFoundError(f"{src}: missing; run the prepare stage first (`dvc repro prepare`)")
+        traces, m = build_traces(read_jsonl(src), p.policies)
+        write_jsonl(Path(out_dir) / f"{name}.jsonl", traces)
+        metrics[name] = m
+    write_json(metrics_out, metrics)
+    t = metrics["train"]
+    print(f"[generate_traces] train: {t['traces']} traces ({t['given']} given, {t['generated']} from the "
+          f"`{p.traces.teacher}` teacher)", file=sys.stderr)
+    return metrics
+
+
+def train_rsft(p: Params, traces_path: str, adapter_out: str, metrics_out: str, plot_out: str) -> dict:
+    from .train import train
+
+    with stage_run(p, "train_rsft") as ml:
+        res = train(p, traces_path, adapter_out, metrics_out, plot_out)
+        if ml is not None:
+            for h in res["history"]:
+                ml.log_metrics({"loss": h["loss"], "learning_rate": h.get("learning_rate", 0.0)}, step=h["step"])
+            log_flat_metrics(ml, res["metrics"], prefix="train.")
+            ml.log_artifact(metrics_out)
+    m = res["metrics"]
+    print(f"[train_rsft] {m['steps']} steps, final loss {m['final_loss']}, {m['samples_per_second']} samples/s, "
+          f"{m['train_seconds']} s -> {adapter_out}", file=sys.stderr)
+    return m
+
+
+def evaluate(p: Params, test_path: str, adapter: str, metrics_out: str, predictions_out: str, plots_dir: str) -> dict:
+    from .evaluate import evaluate as run_eval
+
+    with stage_run(p, "evaluate") as ml:
+        m = run_eval(p, test_path, adapter, metrics_out, predictions_out, plots_dir)
+        if ml is not None:
+            log_flat_metrics(ml, {k: v for k, v in m.items() if k not in ("finetuned", "baseline")}, prefix="eval.")
+            log_flat_metrics(ml, m["baseline"], prefix="eval.baseline.")
+            ml.log_metric("eval.delta_vs_baseline", m["delta_vs_notebook_baseline"])
+            ml.log_artifact(metrics_out)
+            ml.log_artifacts(plots_dir, artifact_path="plots")
+    b = m["baseline"]
+    print(f"[evaluate] exact match {m['exact_match']:.3f} (zero-shot base {b['exact_match']:.3f}, "
+          f"notebook baseline {p.baseline.exact_match:.2f}); harmful F1 {m['harmful_f1']:.3f} "
+          f"(base {b['harmful_f1']:.3f}); parse failures {m['parse_failure_rate']:.1%}", file=sys.stderr)
+    return m
+
+
+def export(p: Params, adapter: str, out_dir: str, eval_metrics: str | None = None) -> Path:
+    from .export import export as run_export
+
+    path = run_export(p, adapter, out_dir, eval_metrics)
+    print(f"[export] merged model -> {path}", file=sys.stderr)
+    return path

@@ -1,0 +1,49 @@
+"""generate_traces: keep the traces given in the input, fill every missing
+(sample, policy) pair with a teacher. The offline default is `template`, which
+writes the three steps from the gold label and the policy definition.
+
+Output rows (data/traces/{train,val}.jsonl), one per (sample, policy):
+  {"id", "policy", "content", "reasoning", "classification", "origin": "given"|"template"}
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+from .prompts import title
+
+
+def _short(definition: str) -> str:
+    d = " ".join(definition.split()).rstrip(".")
+    return d[0].lower() + d[1:] if d else d
+
+
+def template_trace(content: str, policy: str, definition: str, unsafe: bool) -> str:
+    """Deterministic three-step reasoning for a known label (no doubled Classification line)."""
+    name = title(policy)
+    if unsafe:
+        return (f"Step 1 (intent): The content seeks or expresses something that falls under {name}.\n"
+                f"Step 2 (harms): It could lead to real harm of the kind this policy covers: {_short(definition)}.\n"
+                f"Step 3 (policy criteria): The content meets the criteria of the {name} policy, so it violates it.")
+    return (f"Step 1 (intent): The content does not seek or express {name}.\n"
+            f"Step 2 (harms): It is unlikely to cause the harm this policy covers; any alarming words are "
+            f"used in a harmless sense.\n"
+            f"Step 3 (policy criteria): The content does not meet the criteria of the {name} policy.")
+
+
+def build_traces(rows: list[dict], policies: dict[str, str]) -> tuple[list[dict], dict]:
+    out, per_policy = [], Counter()
+    given = generated = 0
+    for r in rows:
+        for policy, definition in policies.items():
+            gold = "UNSAFE" if policy in r["labels"] else "SAFE"
+            t = r["traces"].get(policy)
+            if t is not None:
+                reasoning, origin = t["reasoning"], "given"
+                given += 1
+            else:
+                reasoning, origin = template_trace(r["content"], policy, definition, gold == "UNSAFE"), "template"
+                generated += 1
+            per_policy[f"{policy}_{gold.lower()}"] += 1
+            out.append({"id": r["id"], "policy": policy, "content": r["content"],
+                        "reasoning": reasoning, "classification": gold, "origin": origin})
+    return out, {"traces": len(out), "given": given, "generated": generated, **dict(sorted(per_policy.items()))}

@@ -248,7 +248,8 @@ def _build(cls, raw: Any, where: str, source: str):
     for key in raw:
         if key not in names:
             full = f"{where}.{key}" if where else key
-            close = difflib.get_close_matches(str(key), names, n=1)
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5) or \
+                [n for n in names if str(key).startswith(n) or n.startswith(str(key))][:1]
             hint = f" Did you mean `{(where + '.') if where else ''}{close[0]}`?" if close else ""
             raise ParamsError(f"{source}: unknown key `{full}`.{hint} Known keys"
                               f"{' in ' + where if where else ''}: {', '.join(names)}. "

@@ -1,0 +1,63 @@
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    """A private guardrsft cache for the test session; the converted embedded model is
+    reused from the user's cache when present (conversion takes ~1 min)."""
+    d = tmp_path_factory.mktemp("guardrsft-cache")
+    user = Path.home() / ".cache" / "guardrsft" / "models" / "smollm2-135m-instruct"
+    if (user / "config.json").exists():
+        (d / "models").mkdir()
+        os.symlink(user, d / "models" / "smollm2-135m-instruct")
+    os.environ["GUARDRSFT_CACHE"] = str(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def embedded_model(cache_dir):
+    from guardrsft.models import resolve_base
+
+    return resolve_base("embedded:smollm2-135m-instruct")
+
+
+@pytest.fixture
+def params():
+    from guardrsft.config import load_params
+
+    return load_params(ROOT / "params.yaml")
+
+
+def write_params(tmp_path, text: str) -> Path:
+    p = tmp_path / "params.yaml"
+    p.write_text(text)
+    return p
+
+
+@pytest.fixture
+def params_text():
+    return (ROOT / "params.yaml").read_text()
+
+
+def copy_repo(dst: Path) -> Path:
+    """A copy of the tracked files (what a fresh clone has)."""
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for f in files:
+        src = ROOT / f
+        if not src.is_file():
+            continue
+        out = dst / f
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, out)
+    return dst

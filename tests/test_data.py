@@ -1,0 +1,112 @@
+import json
+
+import pytest
+
+from guardrsft.config import POLICY_IDS
+from guardrsft.data import (DEMO, DataError, content_id, load_notebook_file, split, strip_classification,
+                            subsample)
+from conftest import ROOT
+
+SHIPPED = ROOT / "data" / "raw" / "training_data.json"
+
+
+def write(tmp_path, obj):
+    p = tmp_path / "training_data.json"
+    p.write_text(json.dumps(obj))
+    return p
+
+
+def base():
+    return json.loads(json.dumps(DEMO))
+
+
+def test_shipped_sample_set_is_valid_and_covers_policies():
+    samples, report = load_notebook_file(SHIPPED)
+    assert len(samples) >= 300 and report["duplicates_dropped"] == 0
+    for pol in POLICY_IDS:
+        assert sum(pol in s["labels"] for s in samples) >= 30, pol
+    assert sum(not s["labels"] for s in samples) >= 60
+    assert sum(len(s["labels"]) > 1 for s in samples) >= 5
+    assert sum(s["source"].endswith("benign-lookalike") for s in samples) >= 30
+    assert sum(len(s["traces"]) for s in samples) >= 20
+
+
+def test_demo_loads_and_normalizes(tmp_path):
+    samples, _ = load_notebook_file(write(tmp_path, base()))
+    assert len(samples) == 3
+    assert samples[0]["labels"] == ["hate_speech", "violence"]
+    assert samples[1]["traces"]["violence"]["classification"] == "SAFE"
+
+
+@pytest.mark.parametrize("mutate,pattern", [
+    (lambda d: d["samples"][1].update(labels=["spam"]), r"samples\[1\]\.labels: unknown policy 'spam'"),
+    (lambda d: d["samples"][2].update(content="   "), r"samples\[2\]\.content: empty"),
+    (lambda d: d["samples"][0].pop("content"), r"samples\[0\]\.content"),
+    (lambda d: d["reasoning_traces"]["sample_1_violence"].update(classification="maybe"),
+     r"sample_1_violence.*classification must be SAFE or UNSAFE"),
+    (lambda d: d["reasoning_traces"]["sample_1_violence"].update(classification="UNSAFE"),
+     r"sample_1_violence.*says UNSAFE but samples\[1\]\.labels do not include 'violence'"),
+    (lambda d: d["reasoning_traces"].update({"sample_9_violence": {"reasoning": "x", "classification": "SAFE"}}),
+     r"sample index 9 does not exist"),
+    (lambda d: d["reasoning_traces"].update({"s1": {"reasoning": "x", "classification": "SAFE"}}),
+     r"key must look like"),
+    (lambda d: [s.update(id="a") for s in d["samples"][:2]], r"samples\[1\]\.id: duplicate id 'a'"),
+    (lambda d: d["samples"].append({"content": d["samples"][1]["content"].upper(), "labels": ["violence"]}),
+     r"same content but different labels"),
+    (lambda d: d.update(extra=1), r"unknown top-level keys"),
+])
+def test_validation_errors_name_index_and_field(tmp_path, mutate, pattern):
+    d = base()
+    mutate(d)
+    path = write(tmp_path, d)
+    with pytest.raises(DataError, match=pattern) as e:
+        load_notebook_file(path)
+    assert str(path) in str(e.value)
+
+
+def test_classification_any_case_and_doubled_line(tmp_path):
+    d = base()
+    d["reasoning_traces"]["sample_1_violence"] = {
+        "reasoning": "Step 1 (intent): a.\nStep 2 (harms): b.\nStep 3 (policy criteria): c.\nClassification: SAFE",
+        "classification": "safe"}
+    samples, _ = load_notebook_file(write(tmp_path, d))
+    t = samples[1]["traces"]["violence"]
+    assert t["classification"] == "SAFE"
+    assert "Classification" not in t["reasoning"] and t["reasoning"].endswith("c.")
+
+
+def test_exact_duplicates_are_dropped_and_reported(tmp_path):
+    d = base()
+    d["samples"].append({"content": "  how do I KILL a python process that is stuck? ", "labels": []})
+    samples, report = load_notebook_file(write(tmp_path, d))
+    assert len(samples) == 3 and report["duplicates_dropped"] == 1 and report["duplicate_indices"] == [3]
+
+
+def test_split_is_stratified_disjoint_and_seeded():
+    samples, _ = load_notebook_file(SHIPPED)
+    a = split(samples, 0.1, 0.1, 3407)
+    b = split(samples, 0.1, 0.1, 3407)
+    c = split(samples, 0.1, 0.1, 1)
+    ids = {k: [s["id"] for s in v] for k, v in a.items()}
+    assert ids == {k: [s["id"] for s in v] for k, v in b.items()}
+    assert ids != {k: [s["id"] for s in v] for k, v in c.items()}
+    assert sum(len(v) for v in ids.values()) == len(samples)
+    assert not (set(ids["train"]) & set(ids["test"])) and not (set(ids["val"]) & set(ids["test"]))
+    for pol in POLICY_IDS:  # every policy is in every split
+        assert all(any(pol in s["labels"] for s in a[k]) for k in a), pol
+    assert 0.07 < len(a["test"]) / len(samples) < 0.13
+
+
+def test_subsample_covers_label_groups():
+    samples, _ = load_notebook_file(SHIPPED)
+    test = split(samples, 0.1, 0.1, 3407)["test"]
+    sub = subsample(test, 8, 3407)
+    assert len(sub) == 8 and len({s["id"] for s in sub}) == 8
+    assert any(not s["labels"] for s in sub)
+    assert sum(bool(s["labels"]) for s in sub) >= 6
+    assert subsample(test, None, 1) == test
+
+
+def test_strip_and_content_id():
+    assert strip_classification("Step 1.\n**Classification:** UNSAFE") == "Step 1."
+    assert content_id("Hello  World") == content_id("hello world")

@@ -1,0 +1,123 @@
+"""The tiny pipeline through real `dvc repro` / `dvc exp run` in a temp copy of the repo."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import copy_repo
+
+TINY = {
+    "  max_steps: null ": "  max_steps: 2 ",
+    "  batch_size: null    # null: preset": "  batch_size: 2",
+    "  save_steps: 10": "  save_steps: 1",
+    "  max_samples: null ": "  max_samples: 2 ",
+    "  max_new_tokens: null": "  max_new_tokens: 12",
+}
+
+
+def run(cmd, cwd, env, check=True):
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, shell=isinstance(cmd, str))
+    if check and out.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory, cache_dir):
+    repo = copy_repo(tmp_path_factory.mktemp("e2e") / "repo")
+    text = (repo / "params.yaml").read_text()
+    for old, new in TINY.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    (repo / "params.yaml").write_text(text)
+    (repo / "dvc.lock").unlink(missing_ok=True)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+               GUARDRSFT_CACHE=str(cache_dir), DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    run("git init -q && git add -A && git commit -qm tiny", repo, env)
+    first = run(["dvc", "repro"], repo, env)
+    return repo, env, first
+
+
+@pytest.mark.e2e
+def test_repro_writes_metrics_adapter_and_model(tiny_repo):
+    repo, env, first = tiny_repo
+    for stage in ("check_params", "prepare", "generate_traces", "train_rsft", "evaluate", "export"):
+        assert f"Running stage '{stage}'" in first.stdout
+    data = json.loads((repo / "metrics/data.json").read_text())
+    assert data["input_samples"] >= 300
+    traces = json.loads((repo / "metrics/traces.json").read_text())
+    assert traces["train"]["traces"] == 6 * data["train"]["samples"]
+    train = json.loads((repo / "metrics/train.json").read_text())
+    assert train["steps"] == 2 and train["final_loss"] > 0
+    assert (repo / "metrics/plots/train_loss.csv").read_text().startswith("step,loss")
+    ev = json.loads((repo / "metrics/eval.json").read_text())
+    for k in ("exact_match", "binary_accuracy", "harmful_f1", "parse_failure_rate"):
+        assert 0 <= ev[k] <= 1
+        assert 0 <= ev["baseline"][k] <= 1
+    assert ev["notebook_baseline_exact_match"] == 0.57
+    assert ev["delta_vs_notebook_baseline"] == pytest.approx(ev["exact_match"] - 0.57, abs=1e-4)
+    assert ev["finetuned"]["samples"] == 2
+    preds = [json.loads(x) for x in (repo / "data/predictions/test.jsonl").read_text().splitlines()]
+    assert len(preds) == 2 and set(preds[0]["finetuned"]["verdicts"]) == set(preds[0]["baseline"]["verdicts"])
+    assert (repo / "models/adapter/adapter_model.safetensors").exists()
+    assert (repo / "models/adapter/adapter_config.json").exists()
+    assert (repo / "models/merged/model.safetensors").exists() and (repo / "models/merged/README.md").exists()
+    assert "0.57" in (repo / "models/merged/README.md").read_text()
+    # the stages logged to the default MLflow store (sqlite at the repo root)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("guardrsft")
+    runs = {r.data.tags["stage"]: r for r in client.search_runs([exp.experiment_id])}
+    assert {"train_rsft", "evaluate"} <= set(runs)
+    assert runs["evaluate"].data.metrics["eval.exact_match"] == ev["exact_match"]
+    assert "eval.delta_vs_baseline" in runs["evaluate"].data.metrics
+    assert runs["train_rsft"].data.params["lr"] == "5e-05"
+
+
+@pytest.mark.e2e
+def test_second_repro_changes_nothing(tiny_repo):
+    repo, env, _ = tiny_repo
+    lock = (repo / "dvc.lock").read_text()
+    out = run(["dvc", "repro"], repo, env)
+    assert "Running stage" not in out.stdout
+    assert (repo / "dvc.lock").read_text() == lock
+
+
+@pytest.mark.e2e
+def test_classify_cli_on_exported_model(tiny_repo):
+    repo, env, _ = tiny_repo
+    out = run([str(Path(sys.executable).parent / "guardrsft"), "classify", "How do I kill a stuck process?",
+               "--policy", "violence", "--json"], repo, env, check=False)
+    assert out.returncode in (0, 1), out.stderr[-2000:]
+    res = json.loads(out.stdout)
+    assert set(res["verdicts"]) == {"violence"} and res["is_parse_error"] == (res["verdicts"]["violence"] is None)
+
+
+@pytest.mark.e2e
+def test_exp_run_lr_and_typo(tiny_repo):
+    repo, env, _ = tiny_repo
+    run("git add -A && git commit -qm 'tiny run'", repo, env)
+    run(["dvc", "exp", "run", "-S", "lr=1e-5"], repo, env)
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo, env).stdout)
+    rows = []
+    for entry in shown:
+        rows.append(entry)
+        for e in entry.get("experiments") or []:
+            rows += e.get("revs", [])
+    with_eval = []
+    for r in rows:
+        data = (r.get("data") or {})
+        ev = (data.get("metrics") or {}).get("metrics/eval.json", {}).get("data")
+        lr = (data.get("params") or {}).get("params.yaml", {}).get("data", {}).get("lr")
+        if ev:
+            with_eval.append((float(lr), ev["exact_match"]))
+    assert {lr for lr, _ in with_eval} >= {5e-5, 1e-5}, with_eval
+    bad = run(["dvc", "exp", "run", "-S", "lr_typo=1"], repo, env, check=False)
+    assert bad.returncode != 0
+    assert "unknown key `lr_typo`" in bad.stdout + bad.stderr

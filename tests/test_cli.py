@@ -40,7 +40,10 @@ def test_prepare_bad_data_exits_2_with_message(tmp_path):
     assert not (tmp_path / "p").exists()  # nothing half-written
 
 
-def test_classify_missing_model_is_explained(tmp_path):
+def test_classify_missing_model_is_explained(tmp_path, monkeypatch):
     r = runner.invoke(app, ["classify", "hello", "--model", str(tmp_path / "nope"),
                             "--params", str(ROOT / "params.yaml")])
+    assert r.exit_code == 2 and "nope' not found" in r.output
+    monkeypatch.chdir(tmp_path)  # no models/merged here
+    r = runner.invoke(app, ["classify", "hello", "--params", str(ROOT / "params.yaml")])
     assert r.exit_code == 2 and "export writes models/merged" in r.output

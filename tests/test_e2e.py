@@ -118,6 +118,10 @@ def test_exp_run_lr_and_typo(tiny_repo):
         if ev:
             with_eval.append((float(lr), ev["exact_match"]))
     assert {lr for lr, _ in with_eval} >= {5e-5, 1e-5}, with_eval
+    # DVC refuses to override a key that is not there...
     bad = run(["dvc", "exp", "run", "-S", "lr_typo=1"], repo, env, check=False)
+    assert bad.returncode != 0 and "lr_typo" in bad.stdout + bad.stderr
+    # ...but `+key=value` appends it silently: check_params (which tracks every key) fails it by name
+    bad = run(["dvc", "exp", "run", "-S", "+lr_typo=1"], repo, env, check=False)
     assert bad.returncode != 0
-    assert "unknown key `lr_typo`" in bad.stdout + bad.stderr
+    assert "params.yaml: unknown key `lr_typo`. Did you mean `lr`?" in bad.stdout + bad.stderr

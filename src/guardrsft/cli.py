@@ -107,8 +107,8 @@ def classify(
 
     def run():
         p = _params(params)
-        if not Path(model).exists() and not model.startswith("embedded:") and "/" not in model:
-            raise FileNotFoundError(f"model {model!r} not found; run `dvc repro` (export writes models/merged) "
+        if model == "models/merged" and not Path(model).exists():
+            raise FileNotFoundError("models/merged not found: run `dvc repro` (export writes models/merged) "
                                     "or pass --model DIR")
         guard = load_guard(model, adapter=adapter, params=p)
         return guard.classify([{"content": text}], policies=policy or None)[0]

@@ -74,7 +74,11 @@ def resolve_base(model: str) -> str:
                 shutil.rmtree(dest, ignore_errors=True)
                 convert_embedded(name, dest)
         return str(dest)
-    return model  # local folder or Hub id: transformers handles both
+    if Path(model).expanduser().exists():
+        return str(Path(model).expanduser())
+    if model.startswith(("/", ".", "~")) or model.count("/") != 1:
+        raise ModelError(f"model folder {model!r} not found (and it is not a Hub id like `org/name`)")
+    return model  # a Hub id: transformers downloads it (or fails with a clear message when offline)
 
 
 def check_device(device: str, preset: str) -> None:

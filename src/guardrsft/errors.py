@@ -11,13 +11,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .models import ModelError
 
     errs: list[type[BaseException]] = [ParamsError, DataError, ModelError, FileNotFoundError]
-    try:
-        from .train import TrainError
+    from .teacher import TeacherError
+    from .train import TrainError
 
-        errs.append(TrainError)
-    except ImportError:
-        pass
-    return tuple(errs)
+    return tuple(errs + [TeacherError, TrainError])
 
 
 def run_stage(fn: Callable[[], object]) -> None:

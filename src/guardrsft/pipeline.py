@@ -28,21 +28,43 @@ def prepare(p: Params, input_path: str, out_dir: str, metrics_out: str) -> dict:
     return metrics
 
 
-def generate_traces(p: Params, prepared_dir: str, out_dir: str, metrics_out: str) -> dict:
+def generate_traces(p: Params, prepared_dir: str, out_dir: str, metrics_out: str, estimate: bool = False) -> dict:
     from .traces import build_traces
 
-    metrics = {}
+    splits = {}
     for name in ("train", "val"):
         src = Path(prepared_dir) / f"{name}.jsonl"
         if not src.exists():
             raise FileNotFoundError(f"{src}: missing; run the prepare stage first (`dvc repro prepare`)")
-        traces, m = build_traces(read_jsonl(src), p.policies)
-        write_jsonl(Path(out_dir) / f"{name}.jsonl", traces)
+        splits[name] = read_jsonl(src)
+    teacher = results = None
+    if p.traces.teacher == "openai":
+        from .teacher import Teacher, log, summarize
+
+        teacher = Teacher(p.traces.openai, p.policies)
+        items = [it for rows in splits.values() for it in teacher.items(rows)]
+        est = teacher.estimate(items)
+        log(f"{est['items']} items, {est['cached']} cached; to request: {est['requests']} "
+            f"(~{est['prompt_tokens']} prompt + ~{est['completion_tokens']} completion tokens, ~${est['usd']})")
+        if estimate:
+            return est
+        results = teacher.run(items)
+    elif estimate:
+        return {"items": 0, "requests": 0, "usd": 0.0, "note": "the template teacher is offline and free"}
+
+    metrics, rejected = {}, []
+    for name, rows in splits.items():
+        traces, m = build_traces(rows, p.policies, teacher=teacher, results=results)
+        rejected += [t for t in traces if t["origin"] == "rejected"]
+        write_jsonl(Path(out_dir) / f"{name}.jsonl", [t for t in traces if t["origin"] != "rejected"])
         metrics[name] = m
+    write_jsonl(Path(out_dir) / "rejected.jsonl", rejected)
+    if teacher is not None:
+        metrics["teacher"] = summarize(teacher.stats, results)
     write_json(metrics_out, metrics)
     t = metrics["train"]
     print(f"[generate_traces] train: {t['traces']} traces ({t['given']} given, {t['generated']} from the "
-          f"`{p.traces.teacher}` teacher)", file=sys.stderr)
+          f"`{p.traces.teacher}` teacher, {t.get('rejected', 0)} rejected)", file=sys.stderr)
     return metrics
 
 

@@ -171,8 +171,9 @@ class Teacher:
         for _ in range(self.o.max_attempts):
             r = self._call(client, it)
             if isinstance(r, Exception):
-                reasons.append(f"api_{type(r).__name__}")
-                break
+                # transient or server-side: not a verdict on the item, so never cached as rejected
+                return {"key": it.key, "status": "error", "reason": f"{type(r).__name__}: {r}"[:300],
+                        "usage": dict(usage)}
             if r.usage:
                 usage["prompt_tokens"] += r.usage.prompt_tokens or 0
                 usage["completion_tokens"] += r.usage.completion_tokens or 0
@@ -199,7 +200,7 @@ class Teacher:
             t0 = time.time()
             # the most one item can cost: bounded prompt + max_tokens answers, every attempt
             worst = estimate_usd(self.o, 2000, self.o.max_tokens) * self.o.max_attempts
-            stop = None
+            stop, errors = None, []
             with ThreadPoolExecutor(max_workers=self.o.concurrency) as pool:
                 pending, queue = set(), list(todo)
                 while queue or pending:
@@ -217,6 +218,8 @@ class Teacher:
                         break
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     rows = [f.result() for f in done]
+                    errors += [r for r in rows if r["status"] == "error"]
+                    rows = [r for r in rows if r["status"] != "error"]
                     append_jsonl(self.cache_path, rows)  # flushed and fsynced before anything else
                     for r in rows:
                         self.cache[r["key"]] = r
@@ -226,6 +229,9 @@ class Teacher:
                     if stop is not None:
                         queue.clear()
             self.stats["usd_total"] = round(spent, 6)
+            if errors and stop is None:
+                stop = (f"{len(errors)} requests still failed after {self.o.max_retries} retries (last: "
+                        f"{errors[-1]['reason']})")
             if stop is not None:
                 left = sum(1 for it in items if it.key not in self.cache)
                 raise TeacherError(f"{stop}. {len(items) - left} of {len(items)} items are done and cached in "

@@ -30,20 +30,39 @@ def template_trace(content: str, policy: str, definition: str, unsafe: bool) -> 
             f"Step 3 (policy criteria): The content does not meet the criteria of the {name} policy.")
 
 
-def build_traces(rows: list[dict], policies: dict[str, str]) -> tuple[list[dict], dict]:
+def build_traces(rows: list[dict], policies: dict[str, str], teacher=None,
+                 results: dict | None = None) -> tuple[list[dict], dict]:
+    """One row per (sample, policy). With a `teacher` (openai), missing pairs come from its
+    `results`; a rejected pair keeps origin "rejected" and its reason (never a training target)."""
     out, per_policy = [], Counter()
-    given = generated = 0
+    given = generated = rejected = 0
+    keys = {}
+    if teacher is not None:
+        keys = {(it.id, it.policy): it.key for it in teacher.items(rows)}
     for r in rows:
         for policy, definition in policies.items():
             gold = "UNSAFE" if policy in r["labels"] else "SAFE"
             t = r["traces"].get(policy)
+            row = {"id": r["id"], "policy": policy, "content": r["content"], "classification": gold}
             if t is not None:
-                reasoning, origin = t["reasoning"], "given"
+                row.update(reasoning=t["reasoning"], origin="given")
                 given += 1
-            else:
-                reasoning, origin = template_trace(r["content"], policy, definition, gold == "UNSAFE"), "template"
+            elif teacher is None:
+                row.update(reasoning=template_trace(r["content"], policy, definition, gold == "UNSAFE"),
+                           origin="template")
                 generated += 1
+            else:
+                res = results[keys[(r["id"], policy)]]
+                if res["status"] == "accepted":
+                    row.update(reasoning=res["reasoning"], origin="openai")
+                    generated += 1
+                else:
+                    row.update(reasoning=None, origin="rejected", reason=res["reason"])
+                    rejected += 1
+                    out.append(row)
+                    continue
             per_policy[f"{policy}_{gold.lower()}"] += 1
-            out.append({"id": r["id"], "policy": policy, "content": r["content"],
-                        "reasoning": reasoning, "classification": gold, "origin": origin})
-    return out, {"traces": len(out), "given": given, "generated": generated, **dict(sorted(per_policy.items()))}
+            out.append(row)
+    n = len(out) - rejected
+    return out, {"traces": n, "given": given, "generated": generated, "rejected": rejected,
+                 **dict(sorted(per_policy.items()))}

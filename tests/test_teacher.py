@@ -47,11 +47,11 @@ def server():
         yield s
 
 
-def prepared(tmp_path, n=None):
-    """Prepared train/val splits from the shipped sample set (first n samples)."""
+def prepared(tmp_path, n=None, start=0):
+    """Prepared train/val splits from the shipped sample set (n samples from `start`)."""
     samples, _ = load_notebook_file(ROOT / "data/raw/training_data.json")
     if n:
-        samples = samples[:n]
+        samples = samples[start:start + n]
     for r in samples:
         r.pop("index")
     parts = split(samples, 0.2, 0.2, 1)
@@ -218,3 +218,41 @@ def test_persistent_server_errors_fail_the_stage_without_caching(tmp_path, env, 
     before = server.counts["chat"]
     m = run_traces(p, tmp_path, d)
     assert server.counts["chat"] - before == 6 and m["teacher"]["accepted"] == n
+
+
+def test_batch_lifecycle_with_partial_failures_and_expiry(tmp_path, env, server):
+    d, n = prepared(tmp_path, 10)
+    rows = [r for r in read_jsonl(d / "train.jsonl") if "illegal" not in r["traces"]]
+    # one line fails in the first batch (a one-shot fault), and the second batch expires
+    server.faults.append({"status": 500, "match": rows[0]["content"]})
+    p = teacher_params(tmp_path, server.base_url, batch_poll_s=0.05, batch_max_lines=1000)
+    p.traces.teacher = "batch"
+    server.expire_next_batch = False
+    m = run_traces(p, tmp_path, d)
+    t = m["teacher"]
+    assert t["accepted"] == n and t["rejected"] == 0
+    # first batch: n lines, 1 failed (the faulted line) -> re-queued in a second batch of failed lines
+    assert server.counts["batches_create"] >= 2
+    assert t["requested"] == server.counts["batch_lines"]
+    assert server.counts["chat"] == 0  # nothing went through the synchronous endpoint
+    train = read_jsonl(tmp_path / "traces/train.jsonl")
+    assert {r["origin"] for r in train} <= {"batch", "given"}
+    # a batch that expires is re-queued whole
+    d2, n2 = prepared(tmp_path / "two", 4, start=100)
+    server.expire_next_batch = True
+    before = server.counts["batches_create"]
+    m2 = generate_traces(p, str(d2), str(tmp_path / "two/traces"), str(tmp_path / "two/m.json"))
+    assert m2["teacher"]["accepted"] == n2 and server.counts["batches_create"] - before == 2
+
+
+def test_batch_resumes_across_processes(tmp_path, env, server):
+    d, n = prepared(tmp_path, 5)
+    server.batch_polls_to_complete = 1000  # never finishes while the first run waits
+    p = teacher_params(tmp_path, server.base_url, batch_poll_s=0.05, wall_time_s=0.3)
+    p.traces.teacher = "batch"
+    with pytest.raises(TeacherError, match="rerun to resume polling"):
+        run_traces(p, tmp_path, d)
+    assert server.counts["batches_create"] == 1
+    server.batch_polls_to_complete = 1
+    m = run_traces(p, tmp_path, d)  # a new Teacher: reads the persisted batch id
+    assert server.counts["batches_create"] == 1 and m["teacher"]["accepted"] == n

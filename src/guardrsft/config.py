@@ -81,11 +81,14 @@ class OpenAITeacherParams:
     max_usd: Optional[float] = None
     usd_per_1m_input: float = 0.15
     usd_per_1m_output: float = 0.60
+    batch_discount: float = 0.5  # the Batch API's price relative to synchronous calls
+    batch_poll_s: float = 30.0
+    batch_max_lines: int = 50000  # the Batch API's limit per input file (and 200 MB)
 
 
 @dataclass
 class TracesParams:
-    teacher: str = "template"  # template (offline) | openai
+    teacher: str = "template"  # template (offline) | openai | batch
     openai: OpenAITeacherParams = field(default_factory=OpenAITeacherParams)
 
 
@@ -309,10 +312,13 @@ def _check_ranges(p: Params) -> None:
     pr = p.prepare
     need(0 <= pr.val_fraction < 0.5, "prepare.val_fraction", "must be in [0, 0.5)")
     need(0 < pr.test_fraction < 0.5, "prepare.test_fraction", "must be in (0, 0.5)")
-    need(p.traces.teacher in ("template", "openai"), "traces.teacher", "must be `template` (offline) or `openai`")
+    need(p.traces.teacher in ("template", "openai", "batch"), "traces.teacher",
+         "must be `template` (offline), `openai` (synchronous calls) or `batch` (the OpenAI Batch API)")
     o = p.traces.openai
     need(o.concurrency > 0 and o.max_attempts > 0 and o.max_retries >= 0 and o.max_tokens > 0,
          "traces.openai.concurrency/max_attempts/max_tokens", "must be > 0 (max_retries >= 0)")
+    need(0 < o.batch_max_lines <= 50000 and o.batch_poll_s > 0, "traces.openai.batch_max_lines/batch_poll_s",
+         "must be in (0, 50000] and > 0")
     need(0 <= o.temperature <= 2, "traces.openai.temperature", "must be in [0, 2]")
     need(o.max_usd is None or o.max_usd > 0, "traces.openai.max_usd", "must be null (no cap) or > 0")
     need(0 <= o.min_chars < o.max_chars, "traces.openai.min_chars/max_chars", "must satisfy 0 <= min < max")

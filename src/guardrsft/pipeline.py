@@ -38,10 +38,10 @@ def generate_traces(p: Params, prepared_dir: str, out_dir: str, metrics_out: str
             raise FileNotFoundError(f"{src}: missing; run the prepare stage first (`dvc repro prepare`)")
         splits[name] = read_jsonl(src)
     teacher = results = None
-    if p.traces.teacher == "openai":
-        from .teacher import Teacher, log, summarize
+    if p.traces.teacher in ("openai", "batch"):
+        from .teacher import BatchTeacher, Teacher, log, summarize
 
-        teacher = Teacher(p.traces.openai, p.policies)
+        teacher = (BatchTeacher if p.traces.teacher == "batch" else Teacher)(p.traces.openai, p.policies)
         items = [it for rows in splits.values() for it in teacher.items(rows)]
         est = teacher.estimate(items)
         log(f"{est['items']} items, {est['cached']} cached; to request: {est['requests']} "

@@ -255,3 +255,135 @@ def summarize(stats: Counter, results: dict[str, dict]) -> dict:
 
 def log(msg: str) -> None:
     print(f"[teacher] {msg}", file=sys.stderr, flush=True)
+
+
+class BatchTeacher(Teacher):
+    """The OpenAI Batch API (half the price): request JSONL with custom_id = the item's key,
+    upload, create, persist the batch id at once, poll, download output and error files,
+    re-queue failed or expired items. A killed process resumes the batches it left."""
+
+    def __init__(self, o, policies, cache_path=None):
+        super().__init__(o, policies, cache_path)
+        self.state_path = self.cache_path.with_suffix(".batches.json")
+        self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {"batches": [], "tries": {}}
+
+    def _save_state(self) -> None:
+        from .io import write_json
+
+        write_json(self.state_path, self.state)
+
+    def _usd(self, usage: dict) -> float:
+        return estimate_usd(self.o, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)) * self.o.batch_discount
+
+    def _submit(self, client, items: list[Item]) -> None:
+        import tempfile
+
+        lines, size = [], 0
+        chunks = []
+        for it in items:
+            body = {"model": self.o.model, "temperature": self.o.temperature, "max_tokens": self.o.max_tokens,
+                    "messages": teacher_messages(self.o, it.policy, self.policies[it.policy], it.content, it.gold)}
+            line = json.dumps({"custom_id": it.key, "method": "POST", "url": "/v1/chat/completions", "body": body})
+            if lines and (len(lines) >= self.o.batch_max_lines or size + len(line) + 1 > 190 * 2**20):
+                chunks.append(lines)
+                lines, size = [], 0
+            lines.append(line)
+            size += len(line) + 1
+        if lines:
+            chunks.append(lines)
+        for chunk in chunks:
+            with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
+                f.write("\n".join(chunk) + "\n")
+            with open(f.name, "rb") as fh:
+                up = client.files.create(file=fh, purpose="batch")
+            os.unlink(f.name)
+            self.stats["requests"] += len(chunk)  # batch lines: what the server will answer (and bill)
+            b = client.batches.create(input_file_id=up.id, endpoint="/v1/chat/completions", completion_window="24h",
+                                      metadata={"tool": "guardrsft"})
+            keys = [json.loads(x)["custom_id"] for x in chunk]
+            self.state["batches"].append({"id": b.id, "input_file_id": up.id, "keys": keys, "status": b.status})
+            self._save_state()  # persisted before waiting: a killed run resumes this batch
+            log(f"batch {b.id}: {len(keys)} requests submitted")
+
+    def _collect(self, client, entry: dict, by_key: dict[str, Item]) -> list[dict]:
+        """Rows for the cache from a finished batch; items not answered validly are left to re-queue."""
+        b = client.batches.retrieve(entry["id"])
+        rows = []
+        answered = {}
+        if b.output_file_id:
+            for line in client.files.content(b.output_file_id).text.splitlines():
+                if line.strip():
+                    rec = json.loads(line)
+                    resp = rec.get("response") or {}
+                    if resp.get("status_code") == 200:
+                        answered[rec["custom_id"]] = resp["body"]
+        for key in entry["keys"]:
+            it = by_key.get(key)
+            if it is None or key in self.cache:
+                continue
+            tries = self.state["tries"].get(key, 0) + 1
+            self.state["tries"][key] = tries
+            body = answered.get(key)
+            if body is None:  # failed line, expired or cancelled batch: try again in the next batch
+                self.stats["retry_batch_line"] += 1
+                if tries >= self.o.max_attempts + self.o.max_retries:
+                    rows.append({"key": key, "status": "rejected", "reason": "batch_failed", "attempts": tries,
+                                 "usage": {}})
+                continue
+            choice = body["choices"][0]
+            text = choice["message"].get("content") or ""
+            usage = body.get("usage") or {}
+            why = validate(text, choice.get("finish_reason"), it.gold, self.o)
+            u = {"prompt_tokens": usage.get("prompt_tokens", 0), "completion_tokens": usage.get("completion_tokens", 0)}
+            if why is None:
+                rows.append({"key": key, "status": "accepted", "reasoning": reasoning_of(text),
+                             "classification": it.gold, "attempts": tries, "usage": u, "batch": True})
+            elif tries >= self.o.max_attempts:
+                rows.append({"key": key, "status": "rejected", "reason": why, "attempts": tries, "usage": u,
+                             "batch": True})
+        return rows
+
+    def run(self, items: list[Item]) -> dict[str, dict]:
+        by_key = {it.key: it for it in items}
+        todo = [it for it in items if it.key not in self.cache]
+        self.stats["cache_hits"] = len(items) - len(todo)
+        spent = sum(self._usd(r.get("usage") or {}) for r in self.cache.values())
+        if todo:
+            client = self.client()
+            t0 = time.time()
+            while True:
+                active = [b for b in self.state["batches"] if b["status"] not in ("collected",)]
+                in_flight = {k for b in active for k in b["keys"]}
+                fresh = [it for it in items if it.key not in self.cache and it.key not in in_flight]
+                if fresh:
+                    worst = estimate_usd(self.o, 2000, self.o.max_tokens) * self.o.batch_discount * len(fresh)
+                    if self.o.max_usd is not None and spent + worst > self.o.max_usd:
+                        raise TeacherError(f"traces.openai.max_usd={self.o.max_usd} would be passed by the next batch "
+                                           f"(spent ${spent:.4f}, next up to ${worst:.4f}); raise it to continue")
+                    self._submit(client, fresh)
+                    continue
+                if not active:
+                    break
+                for b in active:
+                    st = client.batches.retrieve(b["id"]).status
+                    self.stats["polls"] += 1
+                    if st in ("completed", "failed", "expired", "cancelled"):
+                        rows = self._collect(client, b, by_key)
+                        append_jsonl(self.cache_path, rows)
+                        for r in rows:
+                            self.cache[r["key"]] = r
+                            self.stats[r["status"]] += 1
+                            spent += self._usd(r.get("usage") or {})
+                        b["status"] = "collected"
+                        b["final_status"] = st
+                        self._save_state()
+                        log(f"batch {b['id']} {st}: {sum(r['status'] == 'accepted' for r in rows)} accepted")
+                if all(it.key in self.cache for it in items):
+                    break
+                if self.o.wall_time_s and time.time() - t0 > self.o.wall_time_s:
+                    left = sum(1 for it in items if it.key not in self.cache)
+                    raise TeacherError(f"traces.openai.wall_time_s={self.o.wall_time_s} reached with {left} items in "
+                                       f"batches {[b['id'] for b in active]}; rerun to resume polling them")
+                time.sleep(self.o.batch_poll_s)
+        self.stats["usd_total"] = round(spent, 6)
+        return {it.key: self.cache[it.key] for it in items}

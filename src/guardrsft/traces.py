@@ -54,7 +54,7 @@ def build_traces(rows: list[dict], policies: dict[str, str], teacher=None,
             else:
                 res = results[keys[(r["id"], policy)]]
                 if res["status"] == "accepted":
-                    row.update(reasoning=res["reasoning"], origin="openai")
+                    row.update(reasoning=res["reasoning"], origin="batch" if res.get("batch") else "openai")
                     generated += 1
                 else:
                     row.update(reasoning=None, origin="rejected", reason=res["reason"])

@@ -1,6 +1,7 @@
 """Teacher throughput and cache: 1,000 (sample, policy) items against a local
 OpenAI-compatible server (tests/openai_server.py, a separate process on 127.0.0.1),
-a cold run then a rerun that must send 0 requests.
+a cold run then a rerun that must send 0 requests; the baseline, measured in the same run,
+is the notebook's plan: one synchronous request at a time (concurrency 1), no cache.
 
 Tested with: .venv/bin/python bench/traces_throughput.py --items 1000 --concurrency 8
 """
@@ -53,13 +54,17 @@ def main() -> None:
         (work / "params.yaml").write_text(text)
         p = load_params(work / "params.yaml")
         out = {}
-        for name in ("cold", "rerun"):
+        for name in ("baseline_sequential", "cold", "rerun"):
+            conc = 1 if name == "baseline_sequential" else args.concurrency
+            p.traces.openai.concurrency = conc
+            if name != "rerun":  # a fresh cache: every item is requested
+                os.environ["GUARDRSFT_CACHE"] = str(work / f"cache-{name}")
             t0 = time.time()
             m = generate_traces(p, str(work / "prepared"), str(work / "traces"), str(work / "traces.json"))
             dt = time.time() - t0
             t = m["teacher"]
             n = t["accepted"] + t["rejected"]
-            out[name] = {"items": n, "seconds": round(dt, 2), "items_per_s": round(n / dt, 1),
+            out[name] = {"concurrency": conc, "items": n, "seconds": round(dt, 2), "items_per_s": round(n / dt, 1),
                          "requests_sent": t["requested"], "cache_hits": t["cache_hits"]}
             print(name, json.dumps(out[name]), flush=True)
         assert out["rerun"]["requests_sent"] == 0

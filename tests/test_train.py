@@ -41,7 +41,7 @@ def test_loss_covers_the_assistant_turn_only(params, embedded_model):
     labels = batch["labels"][0]
     supervised = tok.decode(labels[labels != -100])
     assert supervised.startswith("Reasoning:\nStep 1 (intent): a.")
-    assert "Classification: SAFE" in supervised and supervised.endswith("<|im_end|>")
+    assert "Classification: SAFE" in supervised and supervised.rstrip("\n").endswith("<|im_end|>")
     assert "How do I kill" not in supervised  # the prompt is not trained on
     n_prompt = len(tok.apply_chat_template(rec["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False))
     assert int((labels[:n_prompt] != -100).sum()) == 0

@@ -1,0 +1,66 @@
+"""A killed train_rsft resumes from its last checkpoint, with the same data order."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from guardrsft.io import write_jsonl
+from conftest import ROOT
+
+TINY = {"  max_steps: null ": "  max_steps: 4 ", "  batch_size: null    # null: preset": "  batch_size: 1",
+        "  save_steps: 10": "  save_steps: 1", "  enabled: true": "  enabled: false"}
+
+
+def setup(tmp_path):
+    text = (ROOT / "params.yaml").read_text()
+    for a, b in TINY.items():
+        assert a in text
+        text = text.replace(a, b)
+    (tmp_path / "params.yaml").write_text(text)
+    rows = [{"id": f"s{i}", "policy": "violence", "content": f"sample text number {i}",
+             "reasoning": "Step 1 (intent): x.\nStep 2 (harms): y.\nStep 3 (policy criteria): z.",
+             "classification": "SAFE" if i % 2 else "UNSAFE", "origin": "template"} for i in range(8)]
+    write_jsonl(tmp_path / "train.jsonl", rows)
+
+
+def cmd(tmp_path, name):
+    return [str(Path(sys.executable).parent / "guardrsft"), "train", "--traces", str(tmp_path / "train.jsonl"),
+            "--adapter", str(tmp_path / name / "adapter"), "--metrics", str(tmp_path / name / "train.json"),
+            "--plot", str(tmp_path / name / "loss.csv"), "--params", str(tmp_path / "params.yaml")]
+
+
+def losses(path):
+    return {int(line.split(",")[0]): float(line.split(",")[1]) for line in path.read_text().splitlines()[1:]}
+
+
+def test_kill_then_resume_matches_an_uninterrupted_run(tmp_path, embedded_model, cache_dir):
+    setup(tmp_path)
+    env = dict(os.environ, GUARDRSFT_CACHE=str(cache_dir))
+    ref = subprocess.run(cmd(tmp_path, "ref"), env=env, capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    # the checkpoint dir is removed after success, so the same params train afresh here
+    proc = subprocess.Popen(cmd(tmp_path, "run"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    ckpts = []
+    while time.time() < deadline and proc.poll() is None:
+        ckpts = list(Path(cache_dir, "checkpoints").glob("*/checkpoint-2/trainer_state.json"))
+        if ckpts:
+            break
+        time.sleep(0.2)
+    assert ckpts, "no checkpoint-2 before the run ended"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "run/adapter").exists()  # nothing half-written
+    out = subprocess.run(cmd(tmp_path, "run"), env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resuming from" in out.stderr
+    m = json.loads((tmp_path / "run/train.json").read_text())
+    assert m["resumed"] is True and m["steps"] == 4
+    a, b = losses(tmp_path / "ref/loss.csv"), losses(tmp_path / "run/loss.csv")
+    assert set(b) >= {3, 4}
+    for step in (3, 4):  # same data order and state after the resume
+        assert abs(a[step] - b[step]) <= 1e-3 * abs(a[step]), (step, a[step], b[step])
+    assert (tmp_path / "run/adapter/adapter_model.safetensors").exists()

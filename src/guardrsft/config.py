@@ -88,7 +88,8 @@ class OpenAITeacherParams:
 
 @dataclass
 class TracesParams:
-    teacher: str = "template"  # template (offline) | openai | batch
+    teacher: str = "template"  # template (offline) | openai | batch | import
+    import_source: Optional[str] = None  # teacher `import`: a local file/folder or a `datasets` id
     openai: OpenAITeacherParams = field(default_factory=OpenAITeacherParams)
 
 
@@ -312,8 +313,8 @@ def _check_ranges(p: Params) -> None:
     pr = p.prepare
     need(0 <= pr.val_fraction < 0.5, "prepare.val_fraction", "must be in [0, 0.5)")
     need(0 < pr.test_fraction < 0.5, "prepare.test_fraction", "must be in (0, 0.5)")
-    need(p.traces.teacher in ("template", "openai", "batch"), "traces.teacher",
-         "must be `template` (offline), `openai` (synchronous calls) or `batch` (the OpenAI Batch API)")
+    need(p.traces.teacher in ("template", "openai", "batch", "import"), "traces.teacher",
+         "must be `template` (offline), `openai` (synchronous calls), `batch` (the OpenAI Batch API) or `import`")
     o = p.traces.openai
     need(o.concurrency > 0 and o.max_attempts > 0 and o.max_retries >= 0 and o.max_tokens > 0,
          "traces.openai.concurrency/max_attempts/max_tokens", "must be > 0 (max_retries >= 0)")

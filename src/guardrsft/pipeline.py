@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .config import Params
+from .config import Params, ParamsError
 from .data import counts, load_notebook_file, split
 from .io import read_jsonl, write_json, write_jsonl
 from .tracking import log_flat_metrics, stage_run
@@ -37,7 +37,14 @@ def generate_traces(p: Params, prepared_dir: str, out_dir: str, metrics_out: str
         if not src.exists():
             raise FileNotFoundError(f"{src}: missing; run the prepare stage first (`dvc repro prepare`)")
         splits[name] = read_jsonl(src)
-    teacher = results = None
+    teacher = results = importer = None
+    if p.traces.teacher == "import":
+        from .importer import Importer
+
+        if not p.traces.import_source:
+            raise ParamsError(f"{p.source}: traces.teacher is `import` but `traces.import_source` is not set; "
+                              "give a local file/folder or a `datasets` id")
+        importer = Importer(p.traces.import_source)
     if p.traces.teacher in ("openai", "batch"):
         from .teacher import BatchTeacher, Teacher, log, summarize
 
@@ -54,17 +61,21 @@ def generate_traces(p: Params, prepared_dir: str, out_dir: str, metrics_out: str
 
     metrics, rejected = {}, []
     for name, rows in splits.items():
-        traces, m = build_traces(rows, p.policies, teacher=teacher, results=results)
+        traces, m = build_traces(rows, p.policies, teacher=teacher, results=results, importer=importer)
         rejected += [t for t in traces if t["origin"] == "rejected"]
         write_jsonl(Path(out_dir) / f"{name}.jsonl", [t for t in traces if t["origin"] != "rejected"])
         metrics[name] = m
     write_jsonl(Path(out_dir) / "rejected.jsonl", rejected)
     if teacher is not None:
         metrics["teacher"] = summarize(teacher.stats, results)
+    if importer is not None:
+        metrics["import"] = {"source": p.traces.import_source, "per_policy_traces": len(importer.per_policy),
+                             "request_traces": len(importer.request), "unparsed_rows": importer.skipped_rows}
     write_json(metrics_out, metrics)
     t = metrics["train"]
-    print(f"[generate_traces] train: {t['traces']} traces ({t['given']} given, {t['generated']} from the "
-          f"`{p.traces.teacher}` teacher, {t.get('rejected', 0)} rejected)", file=sys.stderr)
+    print(f"[generate_traces] train: {t['traces']} traces ({t['given']} given, {t['imported']} imported, "
+          f"{t['generated']} from the `{'template' if importer else p.traces.teacher}` teacher, {t['rejected']} "
+          "rejected)", file=sys.stderr)
     return metrics
 
 

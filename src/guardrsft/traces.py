@@ -31,11 +31,12 @@ def template_trace(content: str, policy: str, definition: str, unsafe: bool) -> 
 
 
 def build_traces(rows: list[dict], policies: dict[str, str], teacher=None,
-                 results: dict | None = None) -> tuple[list[dict], dict]:
-    """One row per (sample, policy). With a `teacher` (openai), missing pairs come from its
-    `results`; a rejected pair keeps origin "rejected" and its reason (never a training target)."""
+                 results: dict | None = None, importer=None) -> tuple[list[dict], dict]:
+    """One row per (sample, policy). With a `teacher` (openai/batch), missing pairs come from its
+    `results`; with an `importer`, from imported traces where they match (else the template).
+    A rejected pair keeps origin "rejected" and its reason (never a training target)."""
     out, per_policy = [], Counter()
-    given = generated = rejected = 0
+    given = generated = rejected = imported = 0
     keys = {}
     if teacher is not None:
         keys = {(it.id, it.policy): it.key for it in teacher.items(rows)}
@@ -44,9 +45,18 @@ def build_traces(rows: list[dict], policies: dict[str, str], teacher=None,
             gold = "UNSAFE" if policy in r["labels"] else "SAFE"
             t = r["traces"].get(policy)
             row = {"id": r["id"], "policy": policy, "content": r["content"], "classification": gold}
+            found = importer.lookup(r["content"], policy, gold, r["labels"]) if t is None and importer else None
             if t is not None:
                 row.update(reasoning=t["reasoning"], origin="given")
                 given += 1
+            elif found is not None and found["status"] == "accepted":
+                row.update(reasoning=found["reasoning"], origin="import")
+                imported += 1
+            elif found is not None:
+                row.update(reasoning=None, origin="rejected", reason=found["reason"])
+                rejected += 1
+                out.append(row)
+                continue
             elif teacher is None:
                 row.update(reasoning=template_trace(r["content"], policy, definition, gold == "UNSAFE"),
                            origin="template")
@@ -64,5 +74,5 @@ def build_traces(rows: list[dict], policies: dict[str, str], teacher=None,
             per_policy[f"{policy}_{gold.lower()}"] += 1
             out.append(row)
     n = len(out) - rejected
-    return out, {"traces": n, "given": given, "generated": generated, "rejected": rejected,
+    return out, {"traces": n, "given": given, "imported": imported, "generated": generated, "rejected": rejected,
                  **dict(sorted(per_policy.items()))}

@@ -49,7 +49,7 @@ def main() -> None:
         write_jsonl(work / "prepared/train.jsonl", rows)
         write_jsonl(work / "prepared/val.jsonl", [])
         text = (ROOT / "params.yaml").read_text().replace("  teacher: template ", "  teacher: openai ")
-        text = text.replace("    base_url: null ", f"    base_url: {base_url} ")
+        text = text.replace("    base_url: null ", f"    base_url: {base_url} ").replace("  enabled: true", "  enabled: false")
         text = re.sub(r"(?m)^    concurrency: \d+", f"    concurrency: {args.concurrency}", text)
         (work / "params.yaml").write_text(text)
         p = load_params(work / "params.yaml")

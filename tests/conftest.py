@@ -7,6 +7,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# stages called in-process must not log into the developer's own mlflow.db
+_MLRUNS = Path(__import__("tempfile").mkdtemp(prefix="guardrsft-test-mlflow-"))
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_MLRUNS / 'mlflow.db'}"
 
 
 @pytest.fixture(scope="session")

@@ -74,7 +74,8 @@ def test_repro_writes_metrics_adapter_and_model(tiny_repo):
     client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
     exp = client.get_experiment_by_name("guardrsft")
     runs = {r.data.tags["stage"]: r for r in client.search_runs([exp.experiment_id])}
-    assert {"train_rsft", "evaluate"} <= set(runs)
+    assert {"prepare", "generate_traces", "train_rsft", "evaluate"} <= set(runs)
+    assert runs["prepare"].data.metrics["data.input_samples"] == data["input_samples"]
     assert runs["evaluate"].data.metrics["eval.exact_match"] == ev["exact_match"]
     assert "eval.delta_vs_baseline" in runs["evaluate"].data.metrics
     assert runs["train_rsft"].data.params["lr"] == "5e-05"
@@ -100,9 +101,26 @@ def test_classify_cli_on_exported_model(tiny_repo):
 
 
 @pytest.mark.e2e
-def test_exp_run_lr_and_typo(tiny_repo):
+def test_push_then_pull_in_a_fresh_clone(tiny_repo):
+    """The default remote (a folder beside the repo) gives a teammate the same outputs."""
     repo, env, _ = tiny_repo
     run("git add -A && git commit -qm 'tiny run'", repo, env)
+    run(["dvc", "push"], repo, env)
+    assert (repo.parent / "guardrsft-dvc-remote" / "files" / "md5").is_dir()
+    clone = repo.parent / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], repo.parent, env)
+    run(["dvc", "pull"], clone, env)
+    for f in ("models/adapter/adapter_model.safetensors", "models/merged/model.safetensors", "data/traces/train.jsonl",
+              "data/prepared/test.jsonl", "data/predictions/test.jsonl", "metrics/eval.json"):
+        assert (clone / f).read_bytes() == (repo / f).read_bytes(), f
+    out = run(["dvc", "repro"], clone, env)
+    assert "Running stage" not in out.stdout
+
+
+@pytest.mark.e2e
+def test_exp_run_lr_and_typo(tiny_repo):
+    repo, env, _ = tiny_repo
+    run("git add -A && (git diff --cached --quiet || git commit -qm 'tiny run')", repo, env)
     run(["dvc", "exp", "run", "-S", "lr=1e-5"], repo, env)
     shown = json.loads(run(["dvc", "exp", "show", "--json"], repo, env).stdout)
     rows = []

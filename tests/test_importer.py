@@ -73,6 +73,7 @@ def test_notebook_format_and_stage(tmp_path, rows, monkeypatch):
     write_jsonl(prep / "train.jsonl", [{k: v for k, v in r.items() if k != "index"} for r in (benign, harmful)])
     write_jsonl(prep / "val.jsonl", [])
     text = (ROOT / "params.yaml").read_text().replace("  teacher: template ", "  teacher: import ")
+    text = text.replace("  enabled: true", "  enabled: false")
     text = text.replace("  import_source: null ", f"  import_source: {folder} ")
     (tmp_path / "params.yaml").write_text(text)
     p = load_params(tmp_path / "params.yaml")
@@ -90,6 +91,7 @@ def test_notebook_format_and_stage(tmp_path, rows, monkeypatch):
 
 def test_import_errors_are_clear(tmp_path):
     text = (ROOT / "params.yaml").read_text().replace("  teacher: template ", "  teacher: import ")
+    text = text.replace("  enabled: true", "  enabled: false")
     (tmp_path / "params.yaml").write_text(text)
     p = load_params(tmp_path / "params.yaml")
     prep = tmp_path / "prepared"

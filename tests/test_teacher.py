@@ -24,7 +24,7 @@ KEY = "sk-canary-7f3a9c1e5b"
 
 def teacher_params(tmp_path, base_url, **over):
     text = (ROOT / "params.yaml").read_text().replace("  teacher: template ", "  teacher: openai ")
-    text = text.replace("    base_url: null ", f"    base_url: {base_url} ")
+    text = text.replace("    base_url: null ", f"    base_url: {base_url} ").replace("  enabled: true", "  enabled: false")
     defaults = {"concurrency": 4, "max_retries": 3, "timeout_s": 5}
     defaults.update(over)
     for k, v in defaults.items():

@@ -11,6 +11,13 @@ from .tracking import log_flat_metrics, stage_run
 
 
 def prepare(p: Params, input_path: str, out_dir: str, metrics_out: str) -> dict:
+    with stage_run(p, "prepare") as ml:
+        metrics = _prepare(p, input_path, out_dir, metrics_out)
+        log_flat_metrics(ml, metrics, prefix="data.")
+    return metrics
+
+
+def _prepare(p: Params, input_path: str, out_dir: str, metrics_out: str) -> dict:
     samples, report = load_notebook_file(input_path, list(p.policies))
     parts = split(samples, p.prepare.val_fraction, p.prepare.test_fraction, p.seed)
     out = Path(out_dir)
@@ -29,6 +36,15 @@ def prepare(p: Params, input_path: str, out_dir: str, metrics_out: str) -> dict:
 
 
 def generate_traces(p: Params, prepared_dir: str, out_dir: str, metrics_out: str, estimate: bool = False) -> dict:
+    if estimate:
+        return _generate_traces(p, prepared_dir, out_dir, metrics_out, estimate=True)
+    with stage_run(p, "generate_traces") as ml:
+        metrics = _generate_traces(p, prepared_dir, out_dir, metrics_out)
+        log_flat_metrics(ml, metrics, prefix="traces.")
+    return metrics
+
+
+def _generate_traces(p: Params, prepared_dir: str, out_dir: str, metrics_out: str, estimate: bool = False) -> dict:
     from .traces import build_traces
 
     splits = {}

@@ -180,6 +180,10 @@ def test_kill_9_then_rerun_loses_nothing(tmp_path, server):
 
     server.responder = slow
     teacher_params(tmp_path, server.base_url, concurrency=2)
+    # this run also logs to MLflow, so the canary check below covers its store too
+    text = (tmp_path / "params.yaml").read_text().replace("  enabled: false", "  enabled: true")
+    text = text.replace("  tracking_uri: null ", f"  tracking_uri: sqlite:///{tmp_path / 'mlflow.db'} ")
+    (tmp_path / "params.yaml").write_text(text)
     cache = tmp_path / "cache"
     env = dict(os.environ, GUARDRSFT_CACHE=str(cache), OPENAI_API_KEY=KEY)
     cmd = [sys.executable, "-m", "guardrsft.cli", "traces", "--prepared", str(d), "--out-dir",
@@ -201,7 +205,13 @@ def test_kill_9_then_rerun_loses_nothing(tmp_path, server):
     assert m["teacher"]["cache_hits"] == cached and m["teacher"]["accepted"] == n
     total = sum(len(read_jsonl(tmp_path / f"traces/{s}.jsonl")) for s in ("train", "val"))
     assert total == 6 * sum(len(read_jsonl(d / f"{s}.jsonl")) for s in ("train", "val"))
-    # the key never lands in an artifact
+    # the key never lands in an artifact: traces, metrics, cache, params, MLflow's database
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("guardrsft").experiment_id])
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert finished[0].data.metrics["traces.teacher.cost_usd"] == m["teacher"]["cost_usd"] > 0
     for f in list((tmp_path).rglob("*")):
         if f.is_file():
             assert KEY not in f.read_text(errors="ignore"), f

@@ -3,6 +3,7 @@ so runs from `dvc exp run --queue` temp dirs land in the same database)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,12 +71,22 @@ def stage_run(p: Params, stage: str) -> Iterator[Optional[object]]:
     commit = _git_commit()
     if commit:
         tags["git_commit"] = commit
-    with mlflow.start_run(run_name=name, tags=tags):
-        flat = {k: (str(v)[:_MAX_PARAM] if v is not None else "null") for k, v in p.resolved().items()}
-        items = list(flat.items())
-        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-            mlflow.log_params(dict(items[i:i + 100]))
-        yield mlflow
+    def on_sigterm(signum, frame):
+        # `dvc exp` cancellation and schedulers send SIGTERM: say KILLED, not RUNNING forever
+        mlflow.end_run(status="KILLED")
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        # an exception inside marks the run FAILED (mlflow.start_run's own handling)
+        with mlflow.start_run(run_name=name, tags=tags):
+            flat = {k: (str(v)[:_MAX_PARAM] if v is not None else "null") for k, v in p.resolved().items()}
+            items = list(flat.items())
+            for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+                mlflow.log_params(dict(items[i:i + 100]))
+            yield mlflow
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def log_flat_metrics(ml, metrics: dict, prefix: str = "", step: Optional[int] = None) -> None:

@@ -53,7 +53,7 @@ def _generate_traces(p: Params, prepared_dir: str, out_dir: str, metrics_out: st
         if not src.exists():
             raise FileNotFoundError(f"{src}: missing; run the prepare stage first (`dvc repro prepare`)")
         splits[name] = read_jsonl(src)
-    teacher = results = importer = None
+    teacher = results = by_pair = importer = None
     if p.traces.teacher == "import":
         from .importer import Importer
 
@@ -72,12 +72,13 @@ def _generate_traces(p: Params, prepared_dir: str, out_dir: str, metrics_out: st
         if estimate:
             return est
         results = teacher.run(items)
+        by_pair = {(it.id, it.policy): results[it.key] for it in items}
     elif estimate:
         return {"items": 0, "requests": 0, "usd": 0.0, "note": "the template teacher is offline and free"}
 
     metrics, rejected = {}, []
     for name, rows in splits.items():
-        traces, m = build_traces(rows, p.policies, teacher=teacher, results=results, importer=importer)
+        traces, m = build_traces(rows, p.policies, results=by_pair, importer=importer)
         rejected += [t for t in traces if t["origin"] == "rejected"]
         write_jsonl(Path(out_dir) / f"{name}.jsonl", [t for t in traces if t["origin"] != "rejected"])
         metrics[name] = m

@@ -94,6 +94,9 @@ class Teacher:
         self.lock = threading.Lock()
         self.stats = Counter()
 
+    def _usd(self, usage: dict) -> float:
+        return estimate_usd(self.o, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+
     # ------------------------------------------------------------------ set-up
     def items(self, rows: list[dict]) -> list[Item]:
         out = []
@@ -192,8 +195,7 @@ class Teacher:
         """Resolve every item (accepted or rejected) or raise TeacherError with progress kept."""
         todo = [it for it in items if it.key not in self.cache]
         self.stats["cache_hits"] = len(items) - len(todo)
-        spent = sum(estimate_usd(self.o, r["usage"].get("prompt_tokens", 0), r["usage"].get("completion_tokens", 0))
-                    for r in self.cache.values() if r.get("usage"))
+        spent = sum(self._usd(r.get("usage") or {}) for r in self.cache.values())
         self.stats["usd_before"] = round(spent, 6)
         if todo:
             client = self.client()
@@ -224,11 +226,9 @@ class Teacher:
                     for r in rows:
                         self.cache[r["key"]] = r
                         self.stats[r["status"]] += 1
-                        spent += estimate_usd(self.o, r["usage"].get("prompt_tokens", 0),
-                                              r["usage"].get("completion_tokens", 0))
+                        spent += self._usd(r["usage"])
                     if stop is not None:
                         queue.clear()
-            self.stats["usd_total"] = round(spent, 6)
             if errors and stop is None:
                 stop = (f"{len(errors)} requests still failed after {self.o.max_retries} retries (last: "
                         f"{errors[-1]['reason']})")
@@ -273,7 +273,7 @@ class BatchTeacher(Teacher):
         write_json(self.state_path, self.state)
 
     def _usd(self, usage: dict) -> float:
-        return estimate_usd(self.o, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)) * self.o.batch_discount
+        return super()._usd(usage) * self.o.batch_discount
 
     def _submit(self, client, items: list[Item]) -> None:
         import tempfile

@@ -30,16 +30,14 @@ def template_trace(content: str, policy: str, definition: str, unsafe: bool) -> 
             f"Step 3 (policy criteria): The content does not meet the criteria of the {name} policy.")
 
 
-def build_traces(rows: list[dict], policies: dict[str, str], teacher=None,
-                 results: dict | None = None, importer=None) -> tuple[list[dict], dict]:
-    """One row per (sample, policy). With a `teacher` (openai/batch), missing pairs come from its
-    `results`; with an `importer`, from imported traces where they match (else the template).
-    A rejected pair keeps origin "rejected" and its reason (never a training target)."""
+def build_traces(rows: list[dict], policies: dict[str, str], results: dict | None = None,
+                 importer=None) -> tuple[list[dict], dict]:
+    """One row per (sample, policy). With teacher `openai`/`batch`, missing pairs come from
+    `results` keyed by (sample id, policy); with an `importer`, from imported traces where they
+    match (else the template)."""
+    # a rejected pair keeps origin "rejected" and its reason: never a training target
     out, per_policy = [], Counter()
     given = generated = rejected = imported = 0
-    keys = {}
-    if teacher is not None:
-        keys = {(it.id, it.policy): it.key for it in teacher.items(rows)}
     for r in rows:
         for policy, definition in policies.items():
             gold = "UNSAFE" if policy in r["labels"] else "SAFE"
@@ -57,12 +55,12 @@ def build_traces(rows: list[dict], policies: dict[str, str], teacher=None,
                 rejected += 1
                 out.append(row)
                 continue
-            elif teacher is None:
+            elif results is None:
                 row.update(reasoning=template_trace(r["content"], policy, definition, gold == "UNSAFE"),
                            origin="template")
                 generated += 1
             else:
-                res = results[keys[(r["id"], policy)]]
+                res = results[(r["id"], policy)]
                 if res["status"] == "accepted":
                     row.update(reasoning=res["reasoning"], origin="batch" if res.get("batch") else "openai")
                     generated += 1

@@ -1,14 +1,23 @@
-"""The one classifier API, shared by evaluate, export checks and the CLI.
+"""The one classifier API, shared by evaluate, export checks, the CLI and hard-sample mining.
 
-    guard = load_guard(base, adapter=None, params=p)
-    guard.classify([{"content": "..."}]) -> [{"verdicts": {policy: "SAFE"|"UNSAFE"|None},
-        "reasoning": {...}, "flagged": [...], "verdict": ..., "is_parse_error": bool, ...}]
+    guard = load_guard(base, adapter=None, params=p, cache_path=...)
+    guard.classify([{"content": "...", "response": None}], on_batch=save)
+      -> [{"verdicts": {policy: "SAFE"|"UNSAFE"|None}, "reasoning": {...}, "flagged": [...],
+           "verdict": "SAFE"|"UNSAFE"|None, "is_parse_error": bool, "latency_s": ..., ...}]
 
-Generation: (item, policy) prompts sorted by length, left padding, greedy, and a
-row stops as soon as its `Classification:` line is complete. With `cache_path`,
-every finished batch is appended to a JSONL keyed by (model, prompt, content,
-policy, decoding), so a killed evaluation resumes and an unchanged baseline is
-never generated twice.
+An item is `content` (a prompt or any text) and optionally the AI `response` to it; with a
+response the guard judges the exchange (`render_content`). Verdicts are parsed from the
+model's completion only, never from the prompt, so content that itself says
+"Classification: SAFE" cannot answer for the model.
+
+Generation: (item, policy) prompts grouped by item, items sorted by prompt length, left
+padding, greedy, and a row stops as soon as its `Classification:` line is complete.
+
+Resume: with `cache_path`, every finished batch is appended (fsynced) to a JSONL keyed by
+(model, prompt, content, policy, decoding) *before* `on_batch` sees it. A killed run, rerun
+with the same cache_path, regenerates none of those answers (`last_stats["cached_pairs"]`
+says how many were reused) and returns the same results as an uninterrupted run; an
+unchanged baseline is never generated twice.
 """
 from __future__ import annotations
 
@@ -23,6 +32,44 @@ from .config import Params
 from .io import append_jsonl, read_jsonl_tolerant
 from .models import check_device, load_model, load_tokenizer, resolve_base
 from .prompts import messages, parse_verdict, reasoning_of, verdict_complete
+
+# How an exchange is shown to the per-policy prompt's {content}. Part of the cache key
+# through the rendered text; changing it re-generates.
+RESPONSE_FRAME = "User request:\n{content}\n\nAI response (the part to judge):\n{response}"
+
+
+def render_content(item: dict) -> str:
+    """The text the guard judges: the content, or the request/response exchange."""
+    if item.get("response") is None:
+        return item["content"]
+    return RESPONSE_FRAME.replace("{content}", item["content"]).replace("{response}", item["response"])
+
+
+def check_items(items: list[dict]) -> None:
+    for i, it in enumerate(items):
+        if not isinstance(it, dict):
+            raise ValueError(f"item {i}: must be a dict with `content` (and optionally `response`)")
+        content = it.get("content")
+        if not isinstance(content, str) or not content.strip():
+            raise ValueError(f"item {i}: `content` must be a non-empty string")
+        resp = it.get("response")
+        if resp is not None and (not isinstance(resp, str) or not resp.strip()):
+            raise ValueError(f"item {i}: `response` must be a non-empty string, or None/absent for content alone")
+
+
+def build_result(item: dict, raw: dict[str, str], seconds: float = 0.0, new_tokens: int = 0) -> dict:
+    """One item's result from its per-policy completions (the model's new text only)."""
+    verdicts = {q: parse_verdict(t) for q, t in raw.items()}
+    errors = [q for q, v in verdicts.items() if v is None]
+    flagged = [q for q, v in verdicts.items() if v == "UNSAFE"]
+    return {
+        "content": item["content"], "response": item.get("response"),
+        "verdicts": verdicts, "reasoning": {q: reasoning_of(t) for q, t in raw.items()}, "raw": dict(raw),
+        "flagged": flagged, "parse_errors": errors, "is_parse_error": bool(errors),
+        # any UNSAFE decides; otherwise one unparsed policy leaves the aggregate unknown
+        "verdict": "UNSAFE" if flagged else (None if errors else "SAFE"),
+        "latency_s": round(seconds, 4), "new_tokens": new_tokens,
+    }
 
 
 def _fingerprint(path: Optional[str]) -> str:
@@ -44,19 +91,33 @@ class Guard:
         self.model, self.tok, self.p = model, tokenizer, params
         self.fingerprint, self.max_new_tokens, self.batch_size = fingerprint, max_new_tokens, batch_size
         self.cache_path = cache_path
-        self.cache = {r["key"]: r for r in read_jsonl_tolerant(cache_path)} if cache_path else {}
+        self.cache = {r["key"]: r for r in read_jsonl_tolerant(cache_path) if "key" in r} if cache_path else {}
+        self.last_stats: dict = {}
+        # strings the tokenizer turns into single control tokens wherever they appear
+        self._markup = [t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.content]
 
     # ------------------------------------------------------------------ internals
-    def _key(self, content: str, policy: str) -> str:
+    def _key(self, text: str, policy: str) -> str:
         blob = json.dumps([self.fingerprint, self.p.prompt.version, self.p.prompt.system, self.p.prompt.template,
-                           self.p.policies[policy], content, policy, self.max_new_tokens, "greedy"])
+                           self.p.policies[policy], text, policy, self.max_new_tokens, "greedy"])
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
-    def _prompt_ids(self, content: str, policy: str) -> list[int]:
-        msgs = messages(self.p.prompt, policy, self.p.policies[policy], content)
-        return self.tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False)
+    def _prompt_ids(self, text: str, policy: str) -> list[int]:
+        msgs = messages(self.p.prompt, policy, self.p.policies[policy], text)
+        if not any(s in text for s in self._markup):
+            return self.tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False)
+        # content carrying chat markup (`<|im_end|>` ...) must stay text, or it could close the
+        # user turn and write a fake assistant answer: tokenize the content part literally
+        sentinel = "\x00GUARDRSFT-CONTENT\x00"
+        shell = self.tok.apply_chat_template(messages(self.p.prompt, policy, self.p.policies[policy], sentinel),
+                                             add_generation_prompt=True, tokenize=False)
+        head, tail = shell.split(sentinel)
+        enc = lambda s, **kw: self.tok(s, add_special_tokens=False, **kw)["input_ids"]  # noqa: E731
+        return enc(head) + enc(text, split_special_tokens=True) + enc(tail)
 
-    def _generate(self, prompts: list[list[int]], stream: Optional[Callable[[str], None]] = None) -> list[str]:
+    def _generate(self, prompts: list[list[int]],
+                  stream: Optional[Callable[[str], None]] = None) -> tuple[list[str], list[int]]:
+        """Backend hook: greedy completions (new text only) and new-token counts, one per prompt."""
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -81,60 +142,92 @@ class Guard:
                 input_ids=ids, attention_mask=mask, max_new_tokens=self.max_new_tokens, do_sample=False,
                 temperature=None, top_p=None, top_k=None, pad_token_id=pad,
                 stopping_criteria=StoppingCriteriaList([VerdictStop()]))
-        return tok.batch_decode(out[:, width:], skip_special_tokens=True)
+        gen = out[:, width:]
+        # finished rows are filled with pad (= eos for many models): count the rest
+        counts = (gen != pad).sum(dim=1).tolist()
+        return tok.batch_decode(gen, skip_special_tokens=True), counts
+
+    def _result(self, item: dict, text: str, policies: list[str]) -> dict:
+        rows = [self.cache[self._key(text, q)] for q in policies]
+        return build_result(item, {q: r["raw"] for q, r in zip(policies, rows)},
+                            seconds=sum(r.get("seconds", 0.0) for r in rows),
+                            new_tokens=sum(r.get("new_tokens", 0) for r in rows))
 
     # ------------------------------------------------------------------ API
     def classify(self, items: list[dict], policies: Optional[list[str]] = None,
                  on_batch: Optional[Callable[[list[dict]], None]] = None, progress: bool = False,
                  stream: Optional[Callable[[str], None]] = None) -> list[dict]:
-        """items: [{"content": str, ...}]; returns one result per item, in order."""
+        """items: [{"content": str, "response": str|None}]; one result per item, in order.
+
+        on_batch(results) receives each item's result exactly once, as soon as all its
+        policies are answered (first the items found complete in the cache, then after
+        every generated batch); each result carries "index" (its position in `items`).
+        The answers are already in `cache_path` when it is called, so an exception raised
+        by on_batch (or a kill) loses nothing."""
         policies = list(policies or self.p.policies)
         unknown = [q for q in policies if q not in self.p.policies]
         if unknown:
             raise ValueError(f"unknown policy {unknown[0]!r}; known: {', '.join(self.p.policies)}")
-        pairs = []  # (item index, policy, key)
-        for i, it in enumerate(items):
-            content = it.get("content")
-            if not isinstance(content, str) or not content.strip():
-                raise ValueError(f"item {i}: `content` must be a non-empty string")
+        check_items(items)
+        t_start = time.time()
+        texts = [render_content(it) for it in items]
+        missing: dict[int, int] = {}  # item index -> policies still to generate
+        todo: list[tuple[int, str, str]] = []  # (item index, policy, key)
+        for i, text in enumerate(texts):
             for q in policies:
-                pairs.append((i, q, self._key(content, q)))
-        todo = [pr for pr in pairs if pr[2] not in self.cache]
-        todo_ids = {pr[2]: self._prompt_ids(items[pr[0]]["content"], pr[1]) for pr in todo}
-        todo.sort(key=lambda pr: len(todo_ids[pr[2]]))
-        done = len(pairs) - len(todo)
+                k = self._key(text, q)
+                if k not in self.cache:
+                    todo.append((i, q, k))
+                    missing[i] = missing.get(i, 0) + 1
+        ids = {k: self._prompt_ids(texts[i], q) for i, q, k in todo}
+        # an item's prompts stay adjacent (it completes early, for on_batch), items by length
+        longest: dict[int, int] = {}
+        for i, _, k in todo:
+            longest[i] = max(longest.get(i, 0), len(ids[k]))
+        todo.sort(key=lambda t: (longest[t[0]], t[0], len(ids[t[2]])))
+        n_pairs = len(items) * len(policies)
+        cached = n_pairs - len(todo)
+        if progress and cached and todo:
+            print(f"  [classify] resuming: {cached}/{n_pairs} answers already in {self.cache_path}",
+                  file=sys.stderr, flush=True)
+        if on_batch:
+            ready = [dict(self._result(items[i], texts[i], policies), index=i)
+                     for i in range(len(items)) if i not in missing]
+            if ready:
+                on_batch(ready)
+        gen_seconds, new_tokens, batches = 0.0, 0, 0
         for b in range(0, len(todo), self.batch_size):
             chunk = todo[b:b + self.batch_size]
             t0 = time.time()
-            texts = self._generate([todo_ids[k] for _, _, k in chunk], stream=stream)
-            dt = (time.time() - t0) / len(chunk)
-            rows = [{"key": k, "raw": t, "seconds": round(dt, 4)} for (_, _, k), t in zip(chunk, texts)]
+            outs, counts = self._generate([ids[k] for _, _, k in chunk], stream=stream)
+            dt = time.time() - t0
+            gen_seconds += dt
+            new_tokens += sum(counts)
+            batches += 1
+            rows = [{"key": k, "raw": t, "seconds": round(dt / len(chunk), 4), "new_tokens": n}
+                    for (_, _, k), t, n in zip(chunk, outs, counts)]
             for r in rows:
                 self.cache[r["key"]] = r
             if self.cache_path:
-                append_jsonl(self.cache_path, rows)
-            done += len(chunk)
-            if on_batch:
-                on_batch(rows)
+                append_jsonl(self.cache_path, rows)  # before on_batch: a crash there loses nothing
+            finished = []
+            for i, _, _ in chunk:
+                missing[i] -= 1
+                if missing[i] == 0:
+                    finished.append(i)
             if progress:
-                print(f"  [classify] {done}/{len(pairs)} prompts", file=sys.stderr, flush=True)
-        results = []
-        for i, it in enumerate(items):
-            verdicts, reasoning, raw, secs = {}, {}, {}, 0.0
-            for q in policies:
-                r = self.cache[self._key(it["content"], q)]
-                raw[q] = r["raw"]
-                verdicts[q] = parse_verdict(r["raw"])
-                reasoning[q] = reasoning_of(r["raw"])
-                secs += r["seconds"]
-            errors = [q for q in policies if verdicts[q] is None]
-            flagged = [q for q in policies if verdicts[q] == "UNSAFE"]
-            results.append({
-                "content": it["content"], "verdicts": verdicts, "reasoning": reasoning, "raw": raw,
-                "flagged": flagged, "parse_errors": errors, "is_parse_error": bool(errors),
-                "verdict": "UNSAFE" if flagged else (None if errors else "SAFE"),
-                "latency_s": round(secs, 4),
-            })
+                print(f"  [classify] {cached + b + len(chunk)}/{n_pairs} answers", file=sys.stderr, flush=True)
+            if on_batch and finished:
+                on_batch([dict(self._result(items[i], texts[i], policies), index=i) for i in finished])
+        results = [self._result(it, text, policies) for it, text in zip(items, texts)]
+        wall = time.time() - t_start
+        self.last_stats = {
+            "items": len(items), "pairs": n_pairs, "cached_pairs": cached, "generated_pairs": len(todo),
+            "batches": batches, "generate_seconds": round(gen_seconds, 3), "wall_seconds": round(wall, 3),
+            "new_tokens": new_tokens,
+            "new_tokens_per_second": round(new_tokens / gen_seconds, 2) if gen_seconds else None,
+            "items_per_second": round(len(items) / wall, 4) if wall and todo else None,
+        }
         return results
 
 

@@ -1,9 +1,10 @@
-"""MLflow run status: FINISHED, FAILED on an exception, KILLED on SIGTERM."""
+"""MLflow runs: one parent per pipeline run, one child per stage; FINISHED, FAILED on an
+exception, KILLED on SIGTERM; dvc.lock hashes as tags; PNG plots (real subprocesses, sqlite)."""
 import os
 import signal
+import stat
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -12,10 +13,13 @@ from conftest import ROOT
 SCRIPT = """
 import sys, time
 from guardrsft.config import load_params
-from guardrsft.tracking import stage_run
+from guardrsft.tracking import log_history, log_parent_artifacts, log_summary, stage_run
 p = load_params(sys.argv[1])
 with stage_run(p, sys.argv[2]) as ml:
     ml.log_metric("x", 1.0)
+    log_summary({"eval": {"exact_match": 0.25}})
+    log_history(ml, [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}])
+    log_parent_artifacts(sys.argv[1], "cfg")
     if sys.argv[2] == "boom":
         raise RuntimeError("boom")
     if sys.argv[2] == "slow":
@@ -24,27 +28,147 @@ with stage_run(p, sys.argv[2]) as ml:
 """
 
 
-def runs(uri):
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One sqlite store for the module (creating its tables takes ~15 s here); each test logs
+    to its own MLflow experiment in it."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    MlflowClient(tracking_uri=uri).search_experiments()
+    return uri
+
+
+def all_runs(uri, experiment):
     from mlflow.tracking import MlflowClient
 
     c = MlflowClient(tracking_uri=uri)
-    return {r.data.tags["stage"]: r for r in c.search_runs([c.get_experiment_by_name("guardrsft").experiment_id])}
+    return c, c.search_runs([c.get_experiment_by_name(experiment).experiment_id])
 
 
-def test_run_status_finished_failed_killed(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def setup(tmp_path, uri, experiment):
     text = (ROOT / "params.yaml").read_text().replace("  tracking_uri: null ", f"  tracking_uri: {uri} ")
+    text = text.replace("  experiment: guardrsft", f"  experiment: {experiment}")
     (tmp_path / "params.yaml").write_text(text)
     (tmp_path / "s.py").write_text(SCRIPT)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(f"git init -q && {' '.join(git)} commit -q --allow-empty -m t", shell=True, cwd=tmp_path, check=True)
+    return uri, [sys.executable, str(tmp_path / "s.py"), str(tmp_path / "params.yaml")]
+
+
+def test_run_status_finished_failed_killed(tmp_path, store):
+    uri, cmd = setup(tmp_path, store, "status")
     env = dict(os.environ, DVC_EXP_NAME="exp-abc")
-    cmd = [sys.executable, str(tmp_path / "s.py"), str(tmp_path / "params.yaml")]
-    assert subprocess.run(cmd + ["ok"], env=env).returncode == 0
-    assert subprocess.run(cmd + ["boom"], env=env, capture_output=True).returncode != 0
-    proc = subprocess.Popen(cmd + ["slow"], env=env, stdout=subprocess.PIPE, text=True)
+    assert subprocess.run(cmd + ["ok"], env=env, cwd=tmp_path).returncode == 0
+    assert subprocess.run(cmd + ["boom"], env=env, cwd=tmp_path, capture_output=True).returncode != 0
+    proc = subprocess.Popen(cmd + ["slow"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "started"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM
-    r = runs(uri)
-    assert {k: v.info.status for k, v in r.items()} == {"ok": "FINISHED", "boom": "FAILED", "slow": "KILLED"}
-    assert r["ok"].info.run_name == "exp-abc/ok" and r["ok"].data.tags["dvc_exp_name"] == "exp-abc"
-    assert r["ok"].data.params["lr"] == "5e-05" and r["ok"].data.metrics["x"] == 1.0
+    client, runs = all_runs(uri, "status")
+    children = {r.data.tags["stage"]: r for r in runs if r.data.tags["stage"] != "pipeline"}
+    parents = {r.info.run_id: r for r in runs if r.data.tags["stage"] == "pipeline"}
+    assert {k: v.info.status for k, v in children.items()} == {"ok": "FINISHED", "boom": "FAILED", "slow": "KILLED"}
+    # no dvc process above them: each script is its own pipeline run, and its parent ends as its stage did
+    assert len(parents) == 3
+    for stage, child in children.items():
+        parent = parents[child.data.tags["mlflow.parentRunId"]]
+        assert parent.info.status == child.info.status, stage
+        assert parent.info.run_name == "exp-abc" and parent.data.tags["dvc_exp_name"] == "exp-abc"
+        assert parent.data.params["lr"] == "5e-05" and parent.data.metrics["eval.exact_match"] == 0.25
+        assert [(m.step, m.value) for m in client.get_metric_history(parent.info.run_id, "loss")] == [(1, 2.0), (2, 1.5)]
+        assert [a.path for a in client.list_artifacts(parent.info.run_id, "cfg")] == ["cfg/params.yaml"]
+    ok = children["ok"]
+    assert ok.info.run_name == "exp-abc/ok" and ok.data.tags["dvc_exp_name"] == "exp-abc"
+    assert ok.data.params["lr"] == "5e-05" and ok.data.metrics["x"] == 1.0 and "eval.exact_match" not in ok.data.metrics
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    assert ok.data.tags["git_commit"] == parents[ok.data.tags["mlflow.parentRunId"]].data.tags["git_commit"] == head
+
+
+LOCK = """schema: '2.0'
+stages:
+  prepare:
+    deps:
+    - path: data/raw/training_data.json
+      md5: aaa
+    outs:
+    - path: data/prepared
+      md5: bbb.dir
+  generate_traces:
+    outs:
+    - path: data/traces
+      md5: ccc.dir
+  train_rsft:
+    outs:
+    - path: models/adapter
+      md5: ddd.dir
+"""
+
+
+def test_stages_under_one_dvc_process_share_a_parent_with_lock_hashes(tmp_path, store):
+    """A stand-in `dvc` (a shell script of that name) runs two stages like `dvc repro` does:
+    both children hang under one parent, tagged with the dvc.lock hashes known before each stage."""
+    uri, cmd = setup(tmp_path, store, "shared")
+    (tmp_path / "dvc.lock").write_text(LOCK)
+    fake = tmp_path / "bin" / "dvc"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\nset -e\n{' '.join(cmd)} train_rsft\n{' '.join(cmd)} evaluate\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DVC_EXP")}
+    assert subprocess.run([str(fake)], env=env, cwd=tmp_path).returncode == 0
+    _, runs = all_runs(uri, "shared")
+    parents = [r for r in runs if r.data.tags["stage"] == "pipeline"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    assert parent.info.run_name.startswith("repro-") and "dvc_exp_name" not in parent.data.tags
+    children = {r.data.tags["stage"]: r for r in runs if r.data.tags["stage"] != "pipeline"}
+    assert {c.data.tags["mlflow.parentRunId"] for c in children.values()} == {parent.info.run_id}
+    assert children["evaluate"].info.run_name == f"{parent.info.run_name}/evaluate"
+    # train_rsft's own lock entry is written after it runs: only upstream hashes are trusted
+    assert "dvc.adapter_md5" not in children["train_rsft"].data.tags
+    assert children["train_rsft"].data.tags["dvc.traces_md5"] == "ccc.dir"
+    assert {k: parent.data.tags[k] for k in ("dvc.data_md5", "dvc.prepared_md5", "dvc.traces_md5",
+                                             "dvc.adapter_md5")} == {
+        "dvc.data_md5": "aaa", "dvc.prepared_md5": "bbb.dir", "dvc.traces_md5": "ccc.dir",
+        "dvc.adapter_md5": "ddd.dir"}
+
+
+def test_flat_params_within_mlflow_limits(params):
+    from guardrsft.tracking import flat_params
+
+    flat = flat_params(params)
+    assert flat["lr"] == "5e-05" and flat["train.lora_r"] == "16" and flat["mlflow.tracking_uri"] == "null"
+    assert flat["policies.violence"].startswith("Threatens")
+    assert all(len(k) <= 250 and len(v) <= 6000 for k, v in flat.items())
+    params.prompt.system = "x" * 7000
+    assert len(flat_params(params)["prompt.system"]) == 6000
+
+
+def _png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_png_plots_from_the_stage_csvs(tmp_path):
+    from guardrsft import plots
+
+    (tmp_path / "loss.csv").write_text("step,loss,learning_rate\n1,2.0,0.0\n2,1.5,5e-05\n3,1.2,4e-05\n")
+    (tmp_path / "confusion.csv").write_text("actual,predicted,model\nharmful,harmful,finetuned\n"
+                                            "harmful,parse_error,baseline\nbenign,benign,finetuned\n"
+                                            "benign,harmful,baseline\n")
+    (tmp_path / "per_policy_f1.csv").write_text("policy,model,f1\nviolence,finetuned,1.0\nillegal,finetuned,0.0\n"
+                                                "violence,baseline,0.5\nillegal,baseline,0.0\n")
+    loss = plots.loss_curve(tmp_path / "loss.csv", tmp_path / "loss.png")
+    assert _png_size(loss) == (600, 350)
+    first = loss.read_bytes()
+    plots.loss_curve(tmp_path / "loss.csv", loss)
+    assert loss.read_bytes() == first  # no timestamp inside: reruns give the same file
+    out = plots.render_eval(tmp_path)
+    assert [p.name for p in out] == ["confusion.png", "per_policy_f1.png"]
+    assert _png_size(out[0]) == (840, 360)  # one panel per model, baseline and fine-tuned
+    assert not list(tmp_path.glob(".*.tmp"))
+    (tmp_path / "bad.csv").write_text("step,los\n1,2\n")
+    with pytest.raises(KeyError):
+        plots.loss_curve(tmp_path / "bad.csv", tmp_path / "bad.png")
+    assert not (tmp_path / "bad.png").exists()

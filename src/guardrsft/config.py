@@ -134,6 +134,7 @@ class MlflowParams:
     tracking_uri: Optional[str] = None  # null: MLFLOW_TRACKING_URI, else sqlite in the repo
     experiment: str = "guardrsft"
     enabled: bool = True
+    log_adapter: bool = True  # the LoRA adapter as an artifact of the pipeline's parent run
 
 
 @dataclass

@@ -4,16 +4,18 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from . import plots
 from .config import Params, ParamsError
 from .data import counts, load_notebook_file, split
 from .io import read_jsonl, write_json, write_jsonl
-from .tracking import log_flat_metrics, stage_run
+from .tracking import log_flat_metrics, log_history, log_parent_artifacts, log_summary, stage_run
 
 
 def prepare(p: Params, input_path: str, out_dir: str, metrics_out: str) -> dict:
     with stage_run(p, "prepare") as ml:
         metrics = _prepare(p, input_path, out_dir, metrics_out)
         log_flat_metrics(ml, metrics, prefix="data.")
+        log_summary({k: metrics[k] for k in ("input_samples", "duplicates_dropped")}, prefix="data.")
     return metrics
 
 
@@ -41,6 +43,9 @@ def generate_traces(p: Params, prepared_dir: str, out_dir: str, metrics_out: str
     with stage_run(p, "generate_traces") as ml:
         metrics = _generate_traces(p, prepared_dir, out_dir, metrics_out)
         log_flat_metrics(ml, metrics, prefix="traces.")
+        log_summary({"train_traces": metrics["train"]["traces"], "rejected": metrics["train"]["rejected"],
+                     **({"teacher": {"cost_usd": metrics["teacher"]["cost_usd"]}} if "teacher" in metrics else {})},
+                    prefix="traces.")
     return metrics
 
 
@@ -101,11 +106,16 @@ def train_rsft(p: Params, traces_path: str, adapter_out: str, metrics_out: str, 
 
     with stage_run(p, "train_rsft") as ml:
         res = train(p, traces_path, adapter_out, metrics_out, plot_out)
+        # the PNG beside the CSV, for offline users (dvc plots HTML needs a CDN)
+        png = plots.loss_curve(plot_out, Path(plot_out).with_suffix(".png"))
         if ml is not None:
-            for h in res["history"]:
-                ml.log_metrics({"loss": h["loss"], "learning_rate": h.get("learning_rate", 0.0)}, step=h["step"])
+            log_history(ml, res["history"])  # the loss curve on the stage's run and on the parent
             log_flat_metrics(ml, res["metrics"], prefix="train.")
+            log_summary({k: res["metrics"][k] for k in ("final_loss", "steps", "train_seconds")}, prefix="train.")
             ml.log_artifact(metrics_out)
+            log_parent_artifacts(png, "plots")
+            if p.mlflow.log_adapter:
+                log_parent_artifacts(adapter_out, "adapter")
     m = res["metrics"]
     print(f"[train_rsft] {m['steps']} steps, final loss {m['final_loss']}, {m['samples_per_second']} samples/s, "
           f"{m['train_seconds']} s -> {adapter_out}", file=sys.stderr)
@@ -117,12 +127,21 @@ def evaluate(p: Params, test_path: str, adapter: str, metrics_out: str, predicti
 
     with stage_run(p, "evaluate") as ml:
         m = run_eval(p, test_path, adapter, metrics_out, predictions_out, plots_dir)
+        plots.render_eval(plots_dir)  # confusion.png, per_policy_f1.png beside the CSVs
         if ml is not None:
             log_flat_metrics(ml, {k: v for k, v in m.items() if k not in ("finetuned", "baseline")}, prefix="eval.")
             log_flat_metrics(ml, m["baseline"], prefix="eval.baseline.")
             ml.log_metric("eval.delta_vs_baseline", m["delta_vs_notebook_baseline"])
             ml.log_artifact(metrics_out)
             ml.log_artifacts(plots_dir, artifact_path="plots")
+            # the parent: headline numbers vs the notebook's 57% and vs the measured zero-shot base
+            head = {k: v for k, v in m.items() if not isinstance(v, dict) and k != "delta_vs_notebook_baseline"}
+            log_summary({**head, "delta_vs_baseline": m["delta_vs_notebook_baseline"],
+                         "delta_vs_measured_baseline": m["delta_vs_measured_baseline"],
+                         "baseline": {k: m["baseline"][k] for k in head if k in m["baseline"]}}, prefix="eval.")
+            log_parent_artifacts(metrics_out)
+            for f in sorted(Path(plots_dir).glob("*.png")):
+                log_parent_artifacts(f, "plots")
     b = m["baseline"]
     print(f"[evaluate] exact match {m['exact_match']:.3f} (zero-shot base {b['exact_match']:.3f}, "
           f"notebook baseline {p.baseline.exact_match:.2f}); harmful F1 {m['harmful_f1']:.3f} "
@@ -133,6 +152,12 @@ def evaluate(p: Params, test_path: str, adapter: str, metrics_out: str, predicti
 def export(p: Params, adapter: str, out_dir: str, eval_metrics: str | None = None) -> Path:
     from .export import export as run_export
 
-    path = run_export(p, adapter, out_dir, eval_metrics)
+    with stage_run(p, "export") as ml:
+        path = run_export(p, adapter, out_dir, eval_metrics)
+        if ml is not None:  # the model card only: merged weights stay in DVC
+            size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+            ml.log_metric("export.size_mb", round(size / 2**20, 1))
+            if (Path(path) / "README.md").exists():
+                ml.log_artifact(str(Path(path) / "README.md"))
     print(f"[export] merged model -> {path}", file=sys.stderr)
     return path

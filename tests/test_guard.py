@@ -122,6 +122,16 @@ def test_on_batch_gets_every_item_once_and_stats(tiny_model, params, tmp_path):
     assert again == res and len(seen2) == len(ITEMS)
 
 
+def test_repeated_texts_are_generated_once(tiny_model, params):
+    g = guard_for(tiny_model, params)
+    items = [ITEMS[0], ITEMS[1], dict(ITEMS[0]), {"content": ITEMS[1]["content"]}]
+    seen = []
+    res = g.classify(items, policies=POL, on_batch=seen.extend)
+    # items 0 and 2 are the same question; 1 (with a response) and 3 (without) are not
+    assert g.last_stats["generated_pairs"] == 6 and g.last_stats["pairs"] == 8
+    assert res[0] == res[2] and sorted(r["index"] for r in seen) == [0, 1, 2, 3]
+
+
 def test_exception_mid_run_then_resume_equals_uninterrupted(tiny_model, params, tmp_path):
     ref = guard_for(tiny_model, params, cache=tmp_path / "ref.jsonl").classify(ITEMS, policies=POL)
     cache = tmp_path / "run.jsonl"

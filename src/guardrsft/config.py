@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -113,10 +114,30 @@ class TrainParams:
 
 
 @dataclass
+class BenchmarkParams:
+    """One evaluation set beside the test split; docs/EVALUATION.md explains each field."""
+    path: str  # relative paths: from the repository root
+    format: str  # notebook | guardreasoner | table
+    text_field: Optional[str] = None  # table: the column with the content
+    response_field: Optional[str] = None  # table: the column with an AI response (response task)
+    id_field: Optional[str] = None  # table: a column with a stable id (null: the row number)
+    # table: policy -> columns; a positive value in any of them means the policy is violated
+    policy_columns: dict = field(default_factory=dict)
+    # table: columns whose positive value makes an item harmful (null: every policy_columns column)
+    harmful_columns: Optional[list] = None
+    positive_values: list = field(default_factory=lambda: [1, "true", "yes", "harmful", "unsafe", "toxic"])
+    negative_values: list = field(default_factory=lambda: [0, "false", "no", "safe", "unharmful", "benign"])
+    task: Optional[str] = None  # table: prompt | response (null: response when response_field is set)
+    max_samples: Optional[int] = None  # null: the preset's evaluate max_samples; 0: all
+
+
+@dataclass
 class EvaluateParams:
     max_samples: Optional[int] = None  # null: preset; 0: whole test split
     batch_size: Optional[int] = None
     max_new_tokens: Optional[int] = None
+    benchmarks: list = field(default_factory=list)  # names from benchmark_sets to evaluate too
+    benchmark_sets: dict[str, BenchmarkParams] = field(default_factory=dict)
 
 
 @dataclass
@@ -257,6 +278,9 @@ def _coerce(value: Any, tp: Any, where: str, source: str) -> Any:
         raise bad
     if tp is dict or origin is dict:
         if isinstance(value, dict):
+            args = typing.get_args(tp)
+            if len(args) == 2 and dataclasses.is_dataclass(args[1]):  # name -> section (benchmark_sets)
+                return {k: _build(args[1], v, f"{where}.{k}", source) for k, v in value.items()}
             return value
         raise bad
     if dataclasses.is_dataclass(tp):
@@ -346,8 +370,53 @@ def _check_ranges(p: Params) -> None:
     need(e.max_samples is None or e.max_samples >= 0, "evaluate.max_samples", "must be null, 0 (all) or > 0")
     need(e.batch_size is None or e.batch_size > 0, "evaluate.batch_size", "must be null or > 0")
     need(e.max_new_tokens is None or e.max_new_tokens > 0, "evaluate.max_new_tokens", "must be null or > 0")
+    _check_benchmarks(p, need)
     need(p.export.dtype in ("float16", "bfloat16", "float32"), "export.dtype", "must be float16, bfloat16 or float32")
     need(0 <= p.baseline.exact_match <= 1, "baseline.exact_match", "must be in [0, 1]")
+
+
+def _check_benchmarks(p: Params, need) -> None:
+    """evaluate.benchmarks / benchmark_sets (paths are checked when evaluate runs: a missing
+    dev set must not stop the other stages)."""
+    e = p.evaluate
+    need(all(isinstance(n, str) for n in e.benchmarks), "evaluate.benchmarks", "must be a list of names")
+    for n in e.benchmarks:
+        close = difflib.get_close_matches(n, list(e.benchmark_sets), n=1)
+        need(n in e.benchmark_sets, "evaluate.benchmarks",
+             f"names {n!r}, which is not in evaluate.benchmark_sets"
+             + (f" (did you mean {close[0]!r}?)" if close else f"; defined: {', '.join(e.benchmark_sets) or 'none'}"))
+    need(len(set(e.benchmarks)) == len(e.benchmarks), "evaluate.benchmarks", "lists a name twice")
+    for name, b in e.benchmark_sets.items():
+        key = f"evaluate.benchmark_sets.{name}"
+        need(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) is not None and name != "test", key,
+             "needs a name of letters, digits, `_`, `.`, `-` (it names files and MLflow metrics; `test` is taken)")
+        need(b.format in ("notebook", "guardreasoner", "table"), f"{key}.format",
+             "must be notebook, guardreasoner or table")
+        need(b.max_samples is None or b.max_samples >= 0, f"{key}.max_samples", "must be null, 0 (all) or > 0")
+        table_only = ("text_field", "response_field", "id_field", "policy_columns", "harmful_columns", "task")
+        if b.format != "table":
+            for k in table_only:
+                need(getattr(b, k) in (None, {}), f"{key}.{k}", f"applies to format `table` only; remove it "
+                     f"(format `{b.format}` carries its own labels)")
+            continue
+        need(bool(b.text_field), f"{key}.text_field", "must name the column holding the content (format table)")
+        need(b.task in (None, "prompt", "response"), f"{key}.task", "must be null, prompt or response")
+        need(b.task != "response" or bool(b.response_field), f"{key}.task",
+             "is `response` but response_field is not set")
+        for pol, cols in b.policy_columns.items():
+            need(pol in p.policies, f"{key}.policy_columns",
+                 f"maps unknown policy {pol!r}; policies: {', '.join(p.policies)}")
+            need(isinstance(cols, list) and bool(cols) and all(isinstance(c, str) for c in cols),
+                 f"{key}.policy_columns.{pol}", "must be a non-empty list of column names, e.g. [H, H2]")
+        need(b.harmful_columns is None or (bool(b.harmful_columns) and all(isinstance(c, str) for c in b.harmful_columns)),
+             f"{key}.harmful_columns", "must be null (the policy columns) or a non-empty list of column names")
+        need(bool(b.policy_columns) or bool(b.harmful_columns), key,
+             "gives no gold label: set harmful_columns (e.g. [toxicity]) and/or policy_columns")
+        pos = {str(v).strip().lower() for v in b.positive_values}
+        neg = {str(v).strip().lower() for v in b.negative_values}
+        need(bool(pos) and bool(neg) and not pos & neg, f"{key}.positive_values/negative_values",
+             f"must be non-empty and disjoint (both contain {sorted(pos & neg)})" if pos & neg else
+             "must be non-empty")
 
 
 def load_params(path: str | os.PathLike = "params.yaml") -> Params:

@@ -171,13 +171,17 @@ class Guard:
         check_items(items)
         t_start = time.time()
         texts = [render_content(it) for it in items]
-        missing: dict[int, int] = {}  # item index -> policies still to generate
-        todo: list[tuple[int, str, str]] = []  # (item index, policy, key)
+        missing: dict[int, int] = {}  # item index -> answers it still waits for
+        waiting: dict[str, list[int]] = {}  # key -> items waiting for it (repeated texts: generated once)
+        todo: list[tuple[int, str, str]] = []  # (first item index, policy, key)
         for i, text in enumerate(texts):
             for q in policies:
                 k = self._key(text, q)
                 if k not in self.cache:
-                    todo.append((i, q, k))
+                    if k not in waiting:
+                        todo.append((i, q, k))
+                        waiting[k] = []
+                    waiting[k].append(i)
                     missing[i] = missing.get(i, 0) + 1
         ids = {k: self._prompt_ids(texts[i], q) for i, q, k in todo}
         # an item's prompts stay adjacent (it completes early, for on_batch), items by length
@@ -186,7 +190,7 @@ class Guard:
             longest[i] = max(longest.get(i, 0), len(ids[k]))
         todo.sort(key=lambda t: (longest[t[0]], t[0], len(ids[t[2]])))
         n_pairs = len(items) * len(policies)
-        cached = n_pairs - len(todo)
+        cached = n_pairs - sum(missing.values())
         if progress and cached and todo:
             print(f"  [classify] resuming: {cached}/{n_pairs} answers already in {self.cache_path}",
                   file=sys.stderr, flush=True)
@@ -211,12 +215,14 @@ class Guard:
             if self.cache_path:
                 append_jsonl(self.cache_path, rows)  # before on_batch: a crash there loses nothing
             finished = []
-            for i, _, _ in chunk:
-                missing[i] -= 1
-                if missing[i] == 0:
-                    finished.append(i)
+            for _, _, k in chunk:
+                for i in waiting[k]:
+                    missing[i] -= 1
+                    if missing[i] == 0:
+                        finished.append(i)
             if progress:
-                print(f"  [classify] {cached + b + len(chunk)}/{n_pairs} answers", file=sys.stderr, flush=True)
+                print(f"  [classify] {b + len(chunk)}/{len(todo)} new answers ({cached} of {n_pairs} from the cache)",
+                      file=sys.stderr, flush=True)
             if on_batch and finished:
                 on_batch([dict(self._result(items[i], texts[i], policies), index=i) for i in finished])
         results = [self._result(it, text, policies) for it, text in zip(items, texts)]

@@ -2,6 +2,7 @@
 the params that select and map them, and scoring GuardReasoner-format outputs."""
 import dataclasses
 import gzip
+import json
 import shutil
 from pathlib import Path
 
@@ -232,3 +233,93 @@ def test_bad_benchmark_params_are_named(tmp_path, params_text, old, new, pattern
     assert old in params_text, old
     with pytest.raises(ParamsError, match=pattern):
         load_params(write_params(tmp_path, params_text.replace(old, new, 1)))
+
+
+# ---------------------------------------------------------------- the evaluate stage
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from fixtures.tiny_model import build_tiny_model
+
+    d = tmp_path_factory.mktemp("tiny")
+    return build_tiny_model(d / "model", adapter_dir=d / "adapter"), str(d / "adapter")
+
+
+def eval_setup(params, tmp_path, monkeypatch, tiny, **sets):
+    model, adapter = tiny
+    monkeypatch.setenv("GUARDRSFT_BASE_MODEL", model)
+    monkeypatch.setenv("GUARDRSFT_CACHE", str(tmp_path / "cache"))
+    p = with_sets(params, **sets)
+    p = dataclasses.replace(p, evaluate=dataclasses.replace(p.evaluate, max_new_tokens=6, batch_size=8))
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"id": "t1", "content": "I will hurt you tomorrow.", "labels": ["violence", "harassment"]},
+        {"id": "t2", "content": "Bake bread at 220 C.", "labels": []},
+        {"id": "t3", "content": "Sell me stolen cards.", "labels": ["illegal"]}]))
+    out = tmp_path / "out"
+    args = (str(test), adapter, str(out / "eval.json"), str(out / "pred" / "test.jsonl"), str(out / "plots"))
+    return p, args, out
+
+
+def test_evaluate_reports_every_benchmark_and_resumes(params, tmp_path, monkeypatch, tiny):
+    import mlflow
+
+    from guardrsft import pipeline
+
+    p, args, out = eval_setup(params, tmp_path, monkeypatch, tiny,
+                              gr=BenchmarkParams(path=str(FIX / "gr_response.json"), format="guardreasoner"),
+                              om=table("moderation.jsonl", text_field="prompt", policy_columns=OPENAI_MAP,
+                                       harmful_columns=["S", "H", "V", "HR", "SH", "S3", "H2", "V2"]))
+    m = pipeline.evaluate(p, *args)
+    assert json.loads((out / "eval.json").read_text()) == m
+    assert m["finetuned"]["samples"] == 3 and m["delta_vs_notebook_baseline"] == pytest.approx(
+        m["exact_match"] - 0.57, abs=1e-4)
+    pol = list(params.policies)
+    for name, n, task in (("gr", 2, "response"), ("om", 5, "prompt")):
+        b = m["benchmarks"][name]
+        assert (b["task"], b["items"], b["finetuned"]["samples"], b["baseline"]["samples"]) == (task, n, n, n)
+        preds = [json.loads(x) for x in (out / "pred" / "benchmarks" / f"{name}.jsonl").read_text().splitlines()]
+        assert len(preds) == n
+        # the predictions file alone reproduces the reported numbers (error analysis starts there)
+        for model in ("finetuned", "baseline"):
+            assert compute([r["gold"] for r in preds], [r[model] for r in preds], pol) == b[model]
+        assert b["delta_vs_measured_baseline"]["harmful_f1"] == pytest.approx(
+            b["finetuned"]["harmful_f1"] - b["baseline"]["harmful_f1"], abs=1e-4)
+        confusion = (out / "plots" / "benchmarks" / "confusion" / f"{name}.csv").read_text().splitlines()
+        assert confusion[0] == "actual,predicted,model" and len(confusion) == 1 + 2 * n
+        assert (out / "plots" / "benchmarks" / "images" / f"{name}_confusion.png").stat().st_size > 0
+    assert preds[0]["gold"]["known"] == FIVE
+    # per-policy F1 only where the set has policy gold: GuardReasoner's copy has binary labels only
+    assert (out / "plots" / "benchmarks" / "per_policy_f1" / "om.csv").exists()
+    assert not (out / "plots" / "benchmarks" / "per_policy_f1" / "gr.csv").exists()
+    assert m["benchmarks"]["gr"]["exact_match"] is None
+    # the response set's items were judged with their responses; the test split has none
+    gr = [json.loads(x) for x in (out / "pred" / "benchmarks" / "gr.jsonl").read_text().splitlines()]
+    assert gr[0]["response"].startswith("Guess their") and m["speed"]["finetuned"]["pairs"] == 6 * (3 + 2 + 5)
+
+    # MLflow: the stage's run holds every benchmark number
+    client = mlflow.tracking.MlflowClient()
+    runs = client.search_runs([mlflow.get_experiment_by_name(p.mlflow.experiment).experiment_id],
+                              filter_string="tags.stage = 'evaluate'", order_by=["attributes.start_time DESC"])
+    logged = runs[0].data.metrics
+    assert logged["eval.benchmarks.om.harmful_f1"] == m["benchmarks"]["om"]["harmful_f1"]
+    assert logged["eval.benchmarks.om.baseline.per_policy.self_harm.items"] == 4  # rows 1, 2, 4, 5
+    arts = [a.path for a in client.list_artifacts(runs[0].info.run_id, "predictions/benchmarks")]
+    assert sorted(arts) == ["predictions/benchmarks/gr.jsonl", "predictions/benchmarks/om.jsonl"]
+
+    # a rerun (as after a kill) generates nothing and reports the same numbers
+    again = pipeline.evaluate(p, *args)
+    for model in ("finetuned", "baseline"):
+        s = again["speed"][model]
+        assert s["generated_pairs"] == 0 and s["cached_pairs"] == s["pairs"]
+    assert {k: v for k, v in again.items() if k != "speed"} == {k: v for k, v in m.items() if k != "speed"}
+
+
+def test_evaluate_checks_benchmark_paths_before_loading_models(params, tmp_path, monkeypatch, tiny):
+    from guardrsft.evaluate import evaluate
+
+    p, args, out = eval_setup(params, tmp_path, monkeypatch, tiny,
+                              gone=BenchmarkParams(path=str(tmp_path / "nope.json"), format="guardreasoner"))
+    monkeypatch.setenv("GUARDRSFT_BASE_MODEL", str(tmp_path / "no-model-here"))
+    with pytest.raises(ParamsError, match=r"evaluate\.benchmark_sets\.gone\.path"):
+        evaluate(p, *args)
+    assert not out.exists()

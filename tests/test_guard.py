@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 
+from fixtures.tiny_model import build_tiny_model
 from guardrsft.guard import build_result, check_items, load_guard, render_content
 
 TINY_NEW_TOKENS = 8
@@ -24,30 +25,7 @@ POL = ["violence", "illegal"]
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    """A 2-layer random Llama with a byte-level BPE tokenizer and a ChatML template (~1 s)."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    d = tmp_path_factory.mktemp("tiny-model")
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    corpus = ["Classification: SAFE", "Classification: UNSAFE", "Reasoning: Step 1 (intent)", "policy content"] * 20
-    tk.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=320, special_tokens=specials,
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|im_end|>",
-                                  additional_special_tokens=specials[:2])
-    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-                         "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-    tok.save_pretrained(d)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None)
-    LlamaForCausalLM(cfg).save_pretrained(d)
-    return str(d)
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
 def guard_for(tiny_model, params, cache=None, batch_size=3):

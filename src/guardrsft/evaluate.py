@@ -1,6 +1,13 @@
-"""evaluate: the zero-shot base model (the measured baseline) and the fine-tuned
-adapter on the test split, same prompt, greedy decoding; metrics, deltas,
-predictions and plots."""
+"""evaluate: the zero-shot base model (the measured baseline) and the fine-tuned adapter,
+same prompt, greedy decoding, on the test split and on every benchmark in
+`evaluate.benchmarks`; metrics, deltas, predictions and plots per set.
+
+Outputs: metrics_out (the test split's numbers at the top level, as before, and
+`benchmarks.<name>`), predictions_out (test) and <its folder>/benchmarks/<name>.jsonl,
+plots_dir/{confusion,per_policy_f1}.csv and plots_dir/benchmarks/{confusion,per_policy_f1}/<name>.csv.
+Both models answer every set in one `classify` call each (one model load, one prediction
+cache: a killed evaluation resumes where it stopped).
+"""
 from __future__ import annotations
 
 import gc
@@ -9,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from . import plots as plot_png
+from .benchmarks import load_selected
 from .config import Params
 from .data import subsample
 from .guard import load_guard
@@ -17,58 +26,123 @@ from .metrics import compute
 from .models import cache_dir
 
 HEADLINE = ("exact_match", "binary_accuracy", "harmful_f1", "macro_f1", "benign_fpr", "parse_failure_rate")
+MODELS = (("finetuned", "fine-tuned (R-SFT adapter)"), ("baseline", "zero-shot base model"))
+KEEP = ("verdict", "flagged", "verdicts", "is_parse_error", "reasoning", "latency_s")
 
 
-def _run(p: Params, rows: list[dict], adapter: str | None, label: str) -> tuple[list[dict], dict]:
-    print(f"[evaluate] {label}: {len(rows)} samples x {len(p.policies)} policies", file=sys.stderr, flush=True)
-    guard = load_guard(p.model, adapter=adapter, params=p, cache_path=str(cache_dir() / "predictions.jsonl"))
-    t0 = time.time()
-    results = guard.classify([{"content": r["content"]} for r in rows], progress=True)
-    wall = time.time() - t0
-    m = compute([r["labels"] for r in rows], results, list(p.policies))
-    gen_seconds = sum(r["latency_s"] for r in results)
-    m["latency_per_item_s"] = round(gen_seconds / max(len(rows), 1), 3)
-    m["items_per_second"] = round(len(rows) / gen_seconds, 4) if gen_seconds else None
-    m["wall_seconds"] = round(wall, 1)  # ~0 when every answer came from the prediction cache
-    del guard
-    gc.collect()
-    return results, m
-
-
-def evaluate(p: Params, test_path: str, adapter: str, metrics_out: str, predictions_out: str, plots_dir: str) -> dict:
+def test_suite(p: Params, test_path: str) -> dict:
     rows = subsample(read_jsonl(test_path), p.eval_max_samples, p.seed)
     if not rows:
         raise ValueError(f"{test_path}: the test split is empty; raise prepare.test_fraction or add samples")
-    base_res, base_m = _run(p, rows, None, "baseline (zero-shot base model)")
-    tuned_res, tuned_m = _run(p, rows, adapter, "fine-tuned (R-SFT adapter)")
+    items = [{"id": r["id"], "content": r["content"], "response": None, "positive": bool(r["labels"]),
+              "gold": {"labels": r["labels"], "known": None, "harmful": bool(r["labels"])}} for r in rows]
+    return {"name": "test", "task": "prompt", "path": test_path, "items": items,
+            "report": {"items": len(items), "positive": sum(it["positive"] for it in items)}}
+
+
+def _classify(p: Params, suites: list[dict], adapter: str | None, label: str) -> tuple[dict, dict]:
+    """One model answers every suite; returns ({suite name: results}, generation stats)."""
+    items = [{"content": it["content"], "response": it["response"]} for s in suites for it in s["items"]]
+    sizes = ", ".join(f"{s['name']} {len(s['items'])}" for s in suites)
+    print(f"[evaluate] {label}: {len(items)} items ({sizes}) x {len(p.policies)} policies", file=sys.stderr, flush=True)
+    guard = load_guard(p.model, adapter=adapter, params=p, cache_path=str(cache_dir() / "predictions.jsonl"))
+    results = guard.classify(items, progress=True)
+    stats = guard.last_stats
+    del guard
+    gc.collect()
+    out, at = {}, 0
+    for s in suites:
+        out[s["name"]] = results[at:at + len(s["items"])]
+        at += len(s["items"])
+    return out, stats
+
+
+def _delta(a: dict, b: dict) -> dict:
+    return {k: (round(a[k] - b[k], 4) if a.get(k) is not None and b.get(k) is not None else None) for k in HEADLINE}
+
+
+def score(p: Params, suite: dict, results: dict[str, list[dict]]) -> dict:
+    """Both models' metrics on one suite, the deltas, and the notebook's 57% comparison."""
+    golds = [it["gold"] for it in suite["items"]]
+    m = {name: compute(golds, results[name][suite["name"]], list(p.policies)) for name, _ in MODELS}
+    tuned, base = m["finetuned"], m["baseline"]
     nb = p.baseline.exact_match
-    out = {k: tuned_m[k] for k in HEADLINE}
-    out.update({
-        "delta_vs_measured_baseline": {k: round(tuned_m[k] - base_m[k], 4) for k in HEADLINE},
-        "delta_vs_notebook_baseline": round(tuned_m["exact_match"] - nb, 4),
-        "notebook_baseline_exact_match": nb,
-        "finetuned": tuned_m, "baseline": base_m,
-    })
-    write_json(metrics_out, out)
+    return {"task": suite["task"], **suite["report"],
+            **{k: tuned[k] for k in HEADLINE},
+            "delta_vs_measured_baseline": _delta(tuned, base),
+            "delta_vs_notebook_baseline": round(tuned["exact_match"] - nb, 4) if tuned["exact_match"] is not None
+            else None,
+            "notebook_baseline_exact_match": nb, "finetuned": tuned, "baseline": base}
 
-    preds = []
-    for r, b, t in zip(rows, base_res, tuned_res):
-        preds.append({"id": r["id"], "content_sha1": hashlib.sha1(r["content"].encode()).hexdigest(),
-                      "content": r["content"], "gold": r["labels"],
-                      "finetuned": {k: t[k] for k in ("flagged", "verdicts", "is_parse_error", "reasoning")},
-                      "baseline": {k: b[k] for k in ("flagged", "verdicts", "is_parse_error", "reasoning")}})
-    write_jsonl(predictions_out, preds)
 
-    plots = Path(plots_dir)
-    # sample-level confusion (harmful = any policy UNSAFE) for DVC's confusion template
+def _predictions(suite: dict, results: dict[str, list[dict]]) -> list[dict]:
+    out = []
+    for k, it in enumerate(suite["items"]):
+        text = it["content"] + ("" if it["response"] is None else "\n\x00" + it["response"])
+        out.append({"id": it["id"], "content_sha1": hashlib.sha1(text.encode()).hexdigest(),
+                    "content": it["content"], "response": it["response"], "gold": it["gold"],
+                    "positive": it["positive"],
+                    **{name: {f: results[name][suite["name"]][k][f] for f in KEEP} for name, _ in MODELS}})
+    return out
+
+
+def _plots(p: Params, suite: dict, results: dict, m: dict, confusion: Path, f1: Path | None) -> None:
+    # item-level confusion (harmful = any policy UNSAFE) for DVC's confusion template
     lines = ["actual,predicted,model"]
-    for r, b, t in zip(rows, base_res, tuned_res):
-        gold = "harmful" if r["labels"] else "benign"
-        for name, res in (("finetuned", t), ("baseline", b)):
+    for k, it in enumerate(suite["items"]):
+        gold = "harmful" if it["positive"] else "benign"
+        for name, _ in MODELS:
+            res = results[name][suite["name"]][k]
             pred = "parse_error" if res["verdict"] is None else ("harmful" if res["flagged"] else "benign")
             lines.append(f"{gold},{pred},{name}")
-    write_text(plots / "confusion.csv", "\n".join(lines) + "\n")
-    f1 = ["policy,model,f1"] + [f"{q},{name},{m['per_policy'][q]['f1']}"
-                                for name, m in (("finetuned", tuned_m), ("baseline", base_m)) for q in p.policies]
-    write_text(plots / "per_policy_f1.csv", "\n".join(f1) + "\n")
+    write_text(confusion, "\n".join(lines) + "\n")
+    if f1 is not None:
+        rows = ["policy,model,f1"] + [f"{q},{name},{m[name]['per_policy'][q]['f1']}" for name, _ in MODELS
+                                      for q in p.policies if m[name]["per_policy"][q]["f1"] is not None]
+        write_text(f1, "\n".join(rows) + "\n")
+
+
+def evaluate(p: Params, test_path: str, adapter: str, metrics_out: str, predictions_out: str, plots_dir: str) -> dict:
+    benches = load_selected(p)  # a bad path or label fails here, before minutes of model loading
+    suites = [test_suite(p, test_path)] + benches
+    results, speed = {}, {}
+    for name, label in reversed(MODELS):  # the baseline first, as before
+        t0 = time.time()
+        results[name], stats = _classify(p, suites, adapter if name == "finetuned" else None, label)
+        speed[name] = {**stats, "wall_seconds_with_load": round(time.time() - t0, 1)}
+
+    scored = {s["name"]: score(p, s, results) for s in suites}
+    out = scored["test"]
+    for k in ("task", "path", "items", "positive"):
+        out.pop(k, None)
+    out["speed"] = speed
+    if benches:
+        out["benchmarks"] = {b["name"]: scored[b["name"]] for b in benches}
+    write_json(metrics_out, out)
+
+    write_jsonl(predictions_out, _predictions(suites[0], results))
+    bench_preds = Path(predictions_out).parent / "benchmarks"
+    bench_preds.mkdir(parents=True, exist_ok=True)  # a DVC out, present even with no benchmarks
+    plots = Path(plots_dir)
+    _plots(p, suites[0], results, out, plots / "confusion.csv", plots / "per_policy_f1.csv")
+    pb = plots / "benchmarks"
+    for sub in ("confusion", "per_policy_f1", "images"):
+        (pb / sub).mkdir(parents=True, exist_ok=True)  # DVC plot folders, present even with no benchmarks
+    for b in benches:
+        name = b["name"]
+        write_jsonl(bench_preds / f"{name}.jsonl", _predictions(b, results))
+        has_policy_gold = any(it["gold"]["known"] for it in b["items"])
+        f1 = pb / "per_policy_f1" / f"{name}.csv" if has_policy_gold else None
+        _plots(p, b, results, scored[name], pb / "confusion" / f"{name}.csv", f1)
+        # PNG copies for offline viewing (dvc plots HTML needs a CDN)
+        plot_png.confusion(pb / "confusion" / f"{name}.csv", pb / "images" / f"{name}_confusion.png")
+        if f1 is not None:
+            plot_png.per_policy_f1(f1, pb / "images" / f"{name}_per_policy_f1.png")
     return out
+
+
+def benchmark_summary(m: dict) -> dict:
+    """The headline numbers per benchmark, fine-tuned and zero-shot base, for the parent run
+    (the stage's run gets every number through log_flat_metrics: eval.benchmarks.<set>....)."""
+    return {name: {**{k: b[k] for k in HEADLINE}, "baseline": {k: b["baseline"][k] for k in HEADLINE}}
+            for name, b in (m.get("benchmarks") or {}).items()}

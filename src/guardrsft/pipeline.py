@@ -123,7 +123,7 @@ def train_rsft(p: Params, traces_path: str, adapter_out: str, metrics_out: str, 
 
 
 def evaluate(p: Params, test_path: str, adapter: str, metrics_out: str, predictions_out: str, plots_dir: str) -> dict:
-    from .evaluate import evaluate as run_eval
+    from .evaluate import benchmark_summary, evaluate as run_eval
 
     with stage_run(p, "evaluate") as ml:
         m = run_eval(p, test_path, adapter, metrics_out, predictions_out, plots_dir)
@@ -134,11 +134,13 @@ def evaluate(p: Params, test_path: str, adapter: str, metrics_out: str, predicti
             ml.log_metric("eval.delta_vs_baseline", m["delta_vs_notebook_baseline"])
             ml.log_artifact(metrics_out)
             ml.log_artifacts(plots_dir, artifact_path="plots")
+            ml.log_artifacts(str(Path(predictions_out).parent), artifact_path="predictions")  # error analysis
             # the parent: headline numbers vs the notebook's 57% and vs the measured zero-shot base
             head = {k: v for k, v in m.items() if not isinstance(v, dict) and k != "delta_vs_notebook_baseline"}
             log_summary({**head, "delta_vs_baseline": m["delta_vs_notebook_baseline"],
                          "delta_vs_measured_baseline": m["delta_vs_measured_baseline"],
                          "baseline": {k: m["baseline"][k] for k in head if k in m["baseline"]}}, prefix="eval.")
+            log_summary(benchmark_summary(m), prefix="eval.")  # per evaluate.benchmarks entry
             log_parent_artifacts(metrics_out)
             for f in sorted(Path(plots_dir).glob("*.png")):
                 log_parent_artifacts(f, "plots")

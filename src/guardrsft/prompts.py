@@ -6,8 +6,12 @@ from typing import Optional
 
 from .config import PromptParams
 
-# The *last* classification line wins: reasoning may quote the word earlier.
-_VERDICT = re.compile(r"classification\**\s*[:：]\s*\**\s*(unsafe|safe)\b", re.IGNORECASE)
+# A verdict is a line of its own ("Classification: SAFE", markdown emphasis or a final period
+# allowed) and the *last* such line wins. Not verdicts: the template's "Classification: SAFE or
+# UNSAFE" that weak models echo, and a verdict quoted inside a sentence (content may carry a
+# fake one, and reasoning may quote it).
+_VERDICT = re.compile(r"^[ \t>*_#-]*classification[ \t*_]*[:：][ \t*_]*(unsafe|safe)[ \t*_.!]*$",
+                      re.IGNORECASE | re.MULTILINE)
 
 
 def title(policy: str) -> str:
@@ -38,12 +42,10 @@ def parse_verdict(text: str) -> Optional[str]:
 
 
 def verdict_complete(text: str) -> bool:
-    """True once a full classification line has been generated (early stopping)."""
-    m = None
-    for m in _VERDICT.finditer(text or ""):
-        pass
-    # "SAFE" right at the end of the text could still grow into another word: wait for one more char
-    return m is not None and m.end() < len(text)
+    """True once a verdict line has been generated up to its newline (early stopping); a
+    line still being written ("Classification: SAFE" may become "... SAFE or UNSAFE") is not."""
+    text = text or ""
+    return any(m.end() < len(text) for m in _VERDICT.finditer(text))
 
 
 def reasoning_of(text: str) -> str:

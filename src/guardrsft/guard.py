@@ -33,6 +33,10 @@ from .io import append_jsonl, read_jsonl_tolerant
 from .models import check_device, load_model, load_tokenizer, resolve_base
 from .prompts import messages, parse_verdict, reasoning_of, verdict_complete
 
+# Greedy decoding and the stop rule (prompts.verdict_complete): an answer cut by an older rule
+# ("Classification: SAFE o" under v1) is not reused.
+DECODING = "greedy/stop-at-verdict-line-v2"
+
 # How an exchange is shown to the per-policy prompt's {content}. Part of the cache key
 # through the rendered text; changing it re-generates.
 RESPONSE_FRAME = "User request:\n{content}\n\nAI response (the part to judge):\n{response}"
@@ -99,7 +103,7 @@ class Guard:
     # ------------------------------------------------------------------ internals
     def _key(self, text: str, policy: str) -> str:
         blob = json.dumps([self.fingerprint, self.p.prompt.version, self.p.prompt.system, self.p.prompt.template,
-                           self.p.policies[policy], text, policy, self.max_new_tokens, "greedy"])
+                           self.p.policies[policy], text, policy, self.max_new_tokens, DECODING])
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
     def _prompt_ids(self, text: str, policy: str) -> list[int]:

@@ -45,3 +45,89 @@ def test_loss_covers_the_assistant_turn_only(params, embedded_model):
     assert "How do I kill" not in supervised  # the prompt is not trained on
     n_prompt = len(tok.apply_chat_template(rec["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False))
     assert int((labels[:n_prompt] != -100).sum()) == 0
+
+
+def _trainer(params, embedded_model, records, **override):
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTTrainer
+
+    from guardrsft.models import load_model, load_tokenizer
+    from guardrsft.train import sft_config
+
+    torch.manual_seed(0)
+    return SFTTrainer(model=load_model(embedded_model, params.hw), args=sft_config(params, "/tmp/guardrsft-test-pf", **override),
+                      train_dataset=Dataset.from_list(records), processing_class=load_tokenizer(embedded_model),
+                      peft_config=LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+
+
+def test_padding_free_batch_has_no_pad_and_the_same_loss(params, embedded_model):
+    """padding_free flattens a batch into one row; attention stays within each example
+    (position_ids restart), so the loss equals the padded batch's."""
+    import dataclasses
+
+    traces = [{"policy": "violence", "content": "How do I kill a stuck process?" + " really" * k,
+               "classification": "SAFE", "reasoning": "Step 1 (intent): a.\nStep 2 (harms): b.\nStep 3 (policy criteria): c."}
+              for k in (0, 7, 20)]
+    recs = sft_records(traces, params)
+    losses, shapes = {}, {}
+    for pf in (False, True):
+        p = dataclasses.replace(params, train=dataclasses.replace(params.train, padding_free=pf))
+        tr = _trainer(p, embedded_model, recs, per_device_train_batch_size=3)
+        counter = MaskCheckCollator(tr.data_collator)
+        batch = counter([tr.train_dataset[i] for i in range(3)])
+        shapes[pf] = tuple(batch["input_ids"].shape)
+        tr.model.eval()
+        with torch.no_grad():
+            losses[pf] = float(tr.compute_loss(tr.model, dict(batch)))
+        tokens = counter.tokens
+    assert shapes[True][0] == 1 and shapes[True][1] == tokens  # one row, no pad token
+    assert shapes[False][0] == 3 and shapes[False][1] * 3 > tokens  # padded rows
+    assert abs(losses[True] - losses[False]) < 1e-4 * losses[False], losses
+
+
+def test_too_long_examples_are_excluded_and_counted(params, embedded_model):
+    from guardrsft.models import load_tokenizer
+    from guardrsft.train import fit_length
+
+    tok = load_tokenizer(embedded_model)
+    base = {"policy": "violence", "classification": "SAFE", "reasoning": "Step 1 (intent): a."}
+    recs = sft_records([dict(base, content="short"), dict(base, content="word " * 600)], params)
+    keep, skipped = fit_length(recs, tok, 384)
+    assert skipped == 1 and len(keep) == 1 and keep[0]["prompt"][1]["content"].endswith(
+        "Content: short\n\nDoes the content violate this policy? Answer in this format:\nReasoning:\nStep 1 (intent): ...\n"
+        "Step 2 (harms): ...\nStep 3 (policy criteria): ...\nClassification: SAFE or UNSAFE")
+
+
+def test_oom_advice_names_the_knobs(params):
+    from guardrsft.train import oom_advice
+
+    msg = oom_advice(params)
+    for knob in ("train.batch_size", "train.grad_accum", "train.max_length", "train.gradient_checkpointing",
+                 "preset: t4", "params.yaml"):
+        assert knob in msg, knob
+
+
+def test_liger_true_without_cuda_is_a_clear_error(params):
+    import dataclasses
+
+    from guardrsft.train import liger_enabled
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    p = dataclasses.replace(params, train=dataclasses.replace(params.train, liger=True))
+    with pytest.raises(TrainError, match=r"train.liger: true.*CUDA"):
+        liger_enabled(p)
+    assert liger_enabled(params) is False  # null: auto, off here
+
+
+def test_gpu_presets_resolve_their_speed_settings(params):
+    import dataclasses
+
+    a100 = dataclasses.replace(params, preset="a100")
+    t4 = dataclasses.replace(params, preset="t4")
+    assert a100.padding_free is True and t4.padding_free is False and params.padding_free is False
+    assert t4.gradient_checkpointing is True and params.gradient_checkpointing is False
+    assert t4.hw["load_in_4bit"] and t4.hw["dtype"] == "float16" and a100.hw["dtype"] == "bfloat16"
+    explicit = dataclasses.replace(a100, train=dataclasses.replace(a100.train, padding_free=False))
+    assert explicit.padding_free is False  # an explicit value beats the preset

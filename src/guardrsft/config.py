@@ -33,18 +33,22 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu": dict(
         model="embedded:smollm2-135m-instruct", device="cpu", dtype="float32", load_in_4bit=False,
         batch_size=4, grad_accum=1, max_length=384, attn_impl="sdpa", gradient_checkpointing=False,
-        max_steps=16, eval_max_samples=8, eval_batch_size=16, max_new_tokens=96,
+        max_steps=16, eval_max_samples=8, eval_batch_size=16, max_new_tokens=96, padding_free=False,
     ),
     "t4": dict(
         # unsloth's pre-quantized copy of the same weights, as the notebook used
         model="unsloth/Llama-3.2-3B-Instruct", device="cuda", dtype="float16", load_in_4bit=True,
         batch_size=2, grad_accum=4, max_length=2048, attn_impl="sdpa", gradient_checkpointing=True,
         max_steps=-1, eval_max_samples=None, eval_batch_size=32, max_new_tokens=512,
+        # T4: no bf16 and no FlashAttention; SDPA with padded batches is the safe path
+        padding_free=False,
     ),
     "a100": dict(
         model="meta-llama/Llama-3.1-8B-Instruct", device="cuda", dtype="bfloat16", load_in_4bit=False,
         batch_size=4, grad_accum=2, max_length=2048, attn_impl="sdpa", gradient_checkpointing=True,
         max_steps=-1, eval_max_samples=None, eval_batch_size=64, max_new_tokens=512,
+        # each batch flattened into one row (no pad compute), attention kept per example via position_ids
+        padding_free=True,
     ),
 }
 
@@ -111,6 +115,12 @@ class TrainParams:
     weight_decay: float = 0.01
     logging_steps: int = 1
     save_steps: int = 10
+    # speed knobs (null: the preset's choice). padding_free flattens each batch into one row
+    # without pad tokens; attention stays within each example, the steps see the same examples.
+    padding_free: Optional[bool] = None
+    gradient_checkpointing: Optional[bool] = None
+    liger: Optional[bool] = None  # null: on when CUDA and liger-kernel are there; true: required
+    torch_compile: bool = False
 
 
 @dataclass
@@ -142,7 +152,16 @@ class EvaluateParams:
 
 @dataclass
 class ExportParams:
-    dtype: str = "float16"
+    dtype: str = "float16"  # the merged model's weights (always merged into a 16/32-bit base)
+    name: str = "guardrsft"  # GGUF file names and the suggested Ollama model name
+    gguf_types: list = field(default_factory=lambda: ["F16", "Q8_0"])  # of F32, F16, BF16, Q8_0; []: none
+    modelfile_type: str = "Q8_0"  # the GGUF the Ollama Modelfile loads
+    check_prompts: int = 8  # round-trip probe prompts per GGUF; 0: no check
+    check_max_logit_diff: float = 0.25  # F32/F16: max |delta logit| vs the merged model
+    check_min_agreement: float = 0.75  # every type: share of probe verdicts equal to the merged model's
+    push_to_hub: bool = False  # upload merged model, GGUFs and Modelfile (needs HF_TOKEN and a network)
+    hub_repo: Optional[str] = None  # `owner/name` on the Hugging Face Hub
+    hub_private: bool = True
 
 
 @dataclass
@@ -199,6 +218,14 @@ class Params:
         return self._pick(self.train.max_length, "max_length")
 
     @property
+    def padding_free(self) -> bool:
+        return self._pick(self.train.padding_free, "padding_free")
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return self._pick(self.train.gradient_checkpointing, "gradient_checkpointing")
+
+    @property
     def max_steps(self) -> int:
         return self._pick(self.train.max_steps, "max_steps")
 
@@ -219,10 +246,10 @@ class Params:
         """Flat dict of every effective value (logged to MLflow and metrics)."""
         out = flatten(dataclasses.asdict(self))
         out.pop("source", None)
-        for k in ("model", "batch_size", "grad_accum", "max_length", "max_steps",
-                  "eval_max_samples", "eval_batch_size", "max_new_tokens"):
+        for k in ("model", "batch_size", "grad_accum", "max_length", "max_steps", "padding_free",
+                  "gradient_checkpointing", "eval_max_samples", "eval_batch_size", "max_new_tokens"):
             out[f"resolved.{k}"] = getattr(self, k)
-        for k in ("device", "dtype", "load_in_4bit", "attn_impl", "gradient_checkpointing"):
+        for k in ("device", "dtype", "load_in_4bit", "attn_impl"):
             out[f"resolved.{k}"] = self.hw[k]
         return out
 
@@ -371,7 +398,20 @@ def _check_ranges(p: Params) -> None:
     need(e.batch_size is None or e.batch_size > 0, "evaluate.batch_size", "must be null or > 0")
     need(e.max_new_tokens is None or e.max_new_tokens > 0, "evaluate.max_new_tokens", "must be null or > 0")
     _check_benchmarks(p, need)
-    need(p.export.dtype in ("float16", "bfloat16", "float32"), "export.dtype", "must be float16, bfloat16 or float32")
+    x = p.export
+    need(x.dtype in ("float16", "bfloat16", "float32"), "export.dtype", "must be float16, bfloat16 or float32")
+    need(bool(re.fullmatch(r"[a-z0-9][a-z0-9._-]*", x.name)), "export.name",
+         f"must be lowercase letters, digits, `.`, `_` or `-` (an Ollama model name), got {x.name!r}")
+    bad = [t for t in x.gguf_types if t not in ("F32", "F16", "BF16", "Q8_0")]
+    need(not bad and len(set(x.gguf_types)) == len(x.gguf_types), "export.gguf_types",
+         f"must list distinct types of F32, F16, BF16, Q8_0 ([] for none), got {x.gguf_types}")
+    need(not x.gguf_types or x.modelfile_type in x.gguf_types, "export.modelfile_type",
+         f"must be one of export.gguf_types {x.gguf_types}, got {x.modelfile_type!r}")
+    need(x.check_prompts >= 0, "export.check_prompts", "must be >= 0 (0: no round-trip check)")
+    need(x.check_max_logit_diff > 0, "export.check_max_logit_diff", "must be > 0")
+    need(0 <= x.check_min_agreement <= 1, "export.check_min_agreement", "must be in [0, 1]")
+    need(not x.push_to_hub or bool(re.fullmatch(r"[\w.-]+/[\w.-]+", x.hub_repo or "")), "export.hub_repo",
+         f"must be `owner/name` when export.push_to_hub is true, got {x.hub_repo!r}")
     need(0 <= p.baseline.exact_match <= 1, "baseline.exact_match", "must be in [0, 1]")
 
 

@@ -110,7 +110,7 @@ def load_tokenizer(path: str, padding_side: str = "right"):
     return tok
 
 
-def load_model(path: str, hw: dict, for_training: bool = False):
+def load_model(path: str, hw: dict, for_training: bool = False, gradient_checkpointing: bool | None = None):
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -131,5 +131,6 @@ def load_model(path: str, hw: dict, for_training: bool = False):
     if for_training and hw["load_in_4bit"]:
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=hw["gradient_checkpointing"])
+        gc = hw["gradient_checkpointing"] if gradient_checkpointing is None else gradient_checkpointing
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc)
     return model

@@ -37,14 +37,33 @@ class MaskCheckCollator:
 
     def __init__(self, inner):
         self.inner = inner
+        self.tokens = 0  # real (non-pad) tokens handed to the model: the throughput numerator
 
     def __call__(self, examples):
         batch = self.inner(examples)
+        mask = batch.get("attention_mask")
+        ids = batch.get("input_ids", batch["labels"])
+        self.tokens += int(mask.sum()) if mask is not None else int(ids.numel())
         supervised = (batch["labels"] != -100).sum(dim=1)
         if int(supervised.sum()) == 0:
             raise TrainError("a training batch has no supervised (assistant) tokens: the completions were "
                              "masked or truncated away. Raise train.max_length or shorten prompt.template.")
         return batch
+
+
+def fit_length(records: list[dict], tok, max_length: int) -> tuple[list[dict], int]:
+    """The records whose full chat (prompt + completion) fits max_length tokens, and how many did not."""
+    keep = [r for r in records if len(tok.apply_chat_template(
+        r["prompt"] + r["completion"], tokenize=True, return_dict=False)) <= max_length]
+    return keep, len(records) - len(keep)
+
+
+def fp32_adapter(model) -> None:
+    """Keep LoRA weights in fp32: TRL casts QLoRA adapters to bf16, which a T4 cannot compute
+    in, and fp16 mixed precision needs fp32 master weights for its gradient scaler."""
+    for prm in model.parameters():
+        if prm.requires_grad and prm.dtype != prm.new_empty(0).float().dtype:
+            prm.data = prm.data.float()
 
 
 def checkpoint_dir(p: Params, data_hash: str) -> Path:
@@ -62,26 +81,125 @@ def peak_memory_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
 
 
-def _log_callback(total_steps_hint: int, batch: int):
-    from transformers import TrainerCallback
+# Dense bf16/fp16 tensor-core peak per GPU, TFLOP/s (vendor datasheets, no sparsity).
+# Matched against torch.cuda.get_device_name(); the first key found in the name wins.
+PEAK_TFLOPS = {"H100 PCIe": 756, "H100 NVL": 835, "H100": 989, "H200": 989, "GH200": 989, "A100": 312,
+               "L40S": 362, "L4": 121, "A10G": 125, "A10": 125, "V100": 125, "T4": 65}
 
-    class ConsoleLog(TrainerCallback):
-        """The notebook's log line: loss, lr, speed, peak memory."""
 
-        def on_train_begin(self, args, state, control, **kw):
-            self.t0, self.step0 = time.time(), state.global_step
+def peak_flops() -> float | None:
+    import torch
 
-        def on_log(self, args, state, control, logs=None, **kw):
-            if not logs or "loss" not in logs:
-                return
-            dt = max(time.time() - self.t0, 1e-9)
-            sps = (state.global_step - self.step0) * batch / dt
-            logs["samples_per_second_running"] = round(sps, 3)
-            print(f"  step {state.global_step}/{state.max_steps} | loss {logs['loss']:.4f} | "
-                  f"lr {logs.get('learning_rate', 0):.2e} | {sps:.2f} samples/s | "
-                  f"peak mem {peak_memory_gb():.2f} GB", file=sys.stderr, flush=True)
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    for key, tf in PEAK_TFLOPS.items():
+        if key in name:
+            return tf * 1e12
+    return None
 
-    return ConsoleLog()
+
+def base_param_count(model) -> int:
+    """Parameters of the frozen base (4-bit packed weights counted unpacked; LoRA excluded)."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        trainable, total = model.get_nb_trainable_parameters()
+        return total - trainable
+    return sum(t.numel() for t in model.parameters())
+
+
+def mfu(tokens_per_s: float, n_params: int) -> float | None:
+    """Model FLOPs utilisation with the LoRA convention: 4·N FLOPs per token (forward 2N,
+    backward through the frozen weights 2N, no weight gradients); attention not counted."""
+    peak = peak_flops()
+    return None if not peak else 4 * n_params * tokens_per_s / peak
+
+
+def liger_enabled(p: Params) -> bool:
+    """Liger's Triton kernels need CUDA; `liger: null` turns them on where they can run."""
+    import importlib.util
+
+    import torch
+
+    have = importlib.util.find_spec("liger_kernel") is not None and torch.cuda.is_available()
+    if p.train.liger and not have:
+        raise TrainError(f"{p.source}: `train.liger: true` needs a CUDA GPU and `pip install liger-kernel`; "
+                         "set it to null (auto) or false.")
+    return have if p.train.liger is None else bool(p.train.liger)
+
+
+def sft_config(p: Params, output_dir: str, **override):
+    """The SFTConfig train_rsft uses (also imported by bench/train_throughput.py)."""
+    from trl import SFTConfig
+
+    hw = p.hw
+    kw = dict(
+        output_dir=output_dir, learning_rate=p.lr, num_train_epochs=p.train.epochs, max_steps=p.max_steps,
+        per_device_train_batch_size=p.batch_size, gradient_accumulation_steps=p.grad_accum,
+        # padding-free flattens each batch into one row: the same examples per step as padded
+        # batches (same data order, same loss), minus the pad compute. TRL enforces max_length only
+        # by packing, which would change what a step sees; fit_length() enforces it instead.
+        max_length=None if p.padding_free else p.max_length,
+        warmup_steps=p.train.warmup_ratio, lr_scheduler_type=p.train.lr_scheduler,
+        weight_decay=p.train.weight_decay, logging_steps=p.train.logging_steps, save_steps=p.train.save_steps,
+        save_total_limit=2, seed=p.seed, data_seed=p.seed, report_to="none",
+        bf16=hw["dtype"] == "bfloat16", fp16=hw["dtype"] == "float16", use_cpu=hw["device"] == "cpu",
+        gradient_checkpointing=p.gradient_checkpointing, completion_only_loss=True,
+        # position_ids restart per example, so attention (SDPA with a block-diagonal mask, or
+        # FlashAttention varlen) never crosses examples
+        padding_free=p.padding_free,
+        use_liger_kernel=liger_enabled(p), torch_compile=p.train.torch_compile,
+        dataloader_pin_memory=hw["device"] == "cuda", disable_tqdm=False, logging_first_step=True,
+    )
+    if p.gradient_checkpointing:
+        kw["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
+    kw.update(override)
+    return SFTConfig(**kw)
+
+
+def oom_advice(p: Params) -> str:
+    return (f"out of GPU memory (preset `{p.preset}`, {peak_memory_gb():.1f} GiB peak). In {p.source}, turn one "
+            f"of: train.batch_size ({p.batch_size}; halve it and double train.grad_accum ({p.grad_accum}) to keep "
+            f"the effective batch), train.max_length ({p.max_length}), train.gradient_checkpointing "
+            f"({p.gradient_checkpointing} -> true), train.padding_free ({p.padding_free}; a flattened "
+            f"batch is batch_size x max_length tokens long), 4-bit loading (`preset: t4`), "
+            f"or a smaller train.lora_r ({p.train.lora_r}).")
+
+
+class Throughput:
+    """Trainer callback: the notebook's log line plus tokens/s and MFU, on the console and in logs."""
+
+    def __new__(cls, batch: int, n_params: int, counter: "MaskCheckCollator"):
+        from transformers import TrainerCallback
+
+        class _CB(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kw):
+                self.t0, self.step0, self.tok0 = time.time(), state.global_step, None
+
+            def on_log(self, args, state, control, logs=None, **kw):
+                if not logs or "loss" not in logs:
+                    return
+                dt = max(time.time() - self.t0, 1e-9)
+                sps = (state.global_step - self.step0) * batch / dt
+                logs["samples_per_second_running"] = round(sps, 3)
+                extra = ""
+                if self.tok0 is None:  # the first log comes after step 1 (warm-up): time from there on
+                    self.tok0, self.t1 = counter.tokens, time.time()
+                run = time.time() - self.t1
+                if run > 0 and counter.tokens > self.tok0:
+                    tps = (counter.tokens - self.tok0) / run
+                    logs["tokens_per_second_running"] = round(tps, 1)
+                    u = mfu(tps, n_params)
+                    extra = f" | {tps:,.0f} tok/s" + (f" | MFU {100 * u:.1f}%" if u else "")
+                    if u:
+                        logs["mfu_running"] = round(u, 4)
+                # Trainer appended a copy of `logs` before calling us: keep the history in step
+                if state.log_history and state.log_history[-1].get("step") == state.global_step:
+                    state.log_history[-1].update({k: v for k, v in logs.items() if k.endswith("_running")})
+                print(f"  step {state.global_step}/{state.max_steps} | loss {logs['loss']:.4f} | "
+                      f"lr {logs.get('learning_rate', 0):.2e} | {sps:.2f} samples/s{extra} | "
+                      f"peak mem {peak_memory_gb():.2f} GB", file=sys.stderr, flush=True)
+
+        return _CB()
 
 
 def train(p: Params, traces_path: str, adapter_out: str, metrics_out: str, plot_out: str) -> dict:
@@ -97,46 +215,45 @@ def train(p: Params, traces_path: str, adapter_out: str, metrics_out: str, plot_
     from peft import LoraConfig
     from transformers import set_seed
     from transformers.trainer_utils import get_last_checkpoint
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     set_seed(p.seed)
     tok = load_tokenizer(base)
     records = sft_records(traces, p)
-    # a prompt that fills max_length leaves no completion token to learn from: report, don't hide
-    lengths = [len(tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False)) for r in records]
-    keep = [r for r, n in zip(records, lengths) if n < p.max_length - 8]
-    skipped = len(records) - len(keep)
+    # An example cut at max_length loses its `Classification:` line and would teach the model to
+    # stop mid-reasoning: such examples are excluded, counted and reported (never truncated).
+    keep, skipped = fit_length(records, tok, p.max_length)
     if skipped:
-        print(f"[train] {skipped} of {len(records)} examples have prompts longer than train.max_length="
-              f"{p.max_length} and are excluded (counted in metrics as skipped_too_long)", file=sys.stderr)
+        print(f"[train] {skipped} of {len(records)} examples are longer than train.max_length={p.max_length} "
+              f"tokens and are excluded (metrics: skipped_too_long); raise train.max_length to keep them",
+              file=sys.stderr)
     if not keep:
-        raise TrainError(f"every prompt is longer than train.max_length={p.max_length}; raise it in params.yaml")
+        raise TrainError(f"{p.source}: every example is longer than train.max_length={p.max_length} tokens; "
+                         "raise train.max_length or shorten prompt.template")
     ds = Dataset.from_list(keep)
 
     ckpt = checkpoint_dir(p, data_hash)
     hw = p.hw
-    cfg = SFTConfig(
-        output_dir=str(ckpt), learning_rate=p.lr, num_train_epochs=p.train.epochs, max_steps=p.max_steps,
-        per_device_train_batch_size=p.batch_size, gradient_accumulation_steps=p.grad_accum,
-        max_length=p.max_length, warmup_steps=p.train.warmup_ratio, lr_scheduler_type=p.train.lr_scheduler,
-        weight_decay=p.train.weight_decay, logging_steps=p.train.logging_steps, save_steps=p.train.save_steps,
-        save_total_limit=2, seed=p.seed, data_seed=p.seed, report_to="none",
-        bf16=hw["dtype"] == "bfloat16", fp16=hw["dtype"] == "float16", use_cpu=hw["device"] == "cpu",
-        gradient_checkpointing=hw["gradient_checkpointing"], completion_only_loss=True,
-        disable_tqdm=False, logging_first_step=True,
-    )
+    cfg = sft_config(p, str(ckpt))
     lora = LoraConfig(r=p.train.lora_r, lora_alpha=p.train.lora_alpha, lora_dropout=p.train.lora_dropout,
                       target_modules=list(p.train.target_modules), task_type="CAUSAL_LM", bias="none")
-    model = load_model(base, hw, for_training=True)
-    trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, peft_config=lora,
-                         callbacks=[_log_callback(p.max_steps, p.batch_size * p.grad_accum)])
-    trainer.data_collator = MaskCheckCollator(trainer.data_collator)
+    model = load_model(base, hw, for_training=True, gradient_checkpointing=p.gradient_checkpointing)
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, peft_config=lora)
+    fp32_adapter(trainer.model)
+    n_params = base_param_count(trainer.model)
+    trainer.data_collator = counter = MaskCheckCollator(trainer.data_collator)
+    trainer.add_callback(Throughput(p.batch_size * p.grad_accum, n_params, counter))
 
     last = get_last_checkpoint(str(ckpt)) if ckpt.exists() else None
     if last:
         print(f"[train] resuming from {last}", file=sys.stderr, flush=True)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.time()
-    out = trainer.train(resume_from_checkpoint=last)
+    try:
+        out = trainer.train(resume_from_checkpoint=last)
+    except torch.cuda.OutOfMemoryError:
+        raise TrainError(oom_advice(p)) from None
     wall = time.time() - t0
 
     with atomic_dir(adapter_out) as tmp:
@@ -144,17 +261,25 @@ def train(p: Params, traces_path: str, adapter_out: str, metrics_out: str, plot_
         tok.save_pretrained(tmp)
         (tmp / "guardrsft.json").write_text(json.dumps({"base_model": p.model, "preset": p.preset}, indent=2))
     hist = [h for h in trainer.state.log_history if "loss" in h]
+    # tokens (prompt + completion, no padding) this process trained, over its whole wall time
+    tokens = counter.tokens
+    tps = tokens / max(wall, 1e-9)
+    util = mfu(tps, n_params)
     metrics = {
         "final_loss": hist[-1]["loss"] if hist else None,
         "train_loss": out.training_loss, "steps": trainer.state.global_step,
         "epochs": round(trainer.state.epoch or 0, 4), "examples": len(keep), "skipped_too_long": skipped,
         "samples_per_second": round(trainer.state.global_step * p.batch_size * p.grad_accum / max(wall, 1e-9), 3),
-        "train_seconds": round(wall, 1), "peak_memory_gb": round(peak_memory_gb(), 3),
+        "tokens": tokens, "tokens_per_second": round(tps, 1), "mfu": None if util is None else round(util, 4),
+        "base_params": n_params, "train_seconds": round(wall, 1), "peak_memory_gb": round(peak_memory_gb(), 3),
+        "padding_free": p.padding_free, "gradient_checkpointing": p.gradient_checkpointing,
+        "liger": cfg.use_liger_kernel, "torch_compile": p.train.torch_compile,
         "resumed": bool(last), "device": hw["device"], "base_model": p.model,
     }
     write_json(metrics_out, metrics)
-    write_text(plot_out, "step,loss,learning_rate\n" + "".join(
-        f"{h['step']},{h['loss']},{h.get('learning_rate', '')}\n" for h in hist))
+    write_text(plot_out, "step,loss,learning_rate,tokens_per_second\n" + "".join(
+        f"{h['step']},{h['loss']},{h.get('learning_rate', '')},{h.get('tokens_per_second_running', '')}\n"
+        for h in hist))
     # finished: the adapter is the output now; a later forced rerun trains afresh
     shutil.rmtree(ckpt, ignore_errors=True)
     if torch.cuda.is_available():

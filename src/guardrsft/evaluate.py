@@ -30,7 +30,8 @@ MODELS = (("finetuned", "fine-tuned (R-SFT adapter)"), ("baseline", "zero-shot b
 KEEP = ("verdict", "flagged", "verdicts", "is_parse_error", "reasoning", "latency_s")
 
 
-def test_suite(p: Params, test_path: str) -> dict:
+def split_suite(p: Params, test_path: str) -> dict:
+    """The prepared test split as a suite (every policy's gold known)."""
     rows = subsample(read_jsonl(test_path), p.eval_max_samples, p.seed)
     if not rows:
         raise ValueError(f"{test_path}: the test split is empty; raise prepare.test_fraction or add samples")
@@ -104,7 +105,7 @@ def _plots(p: Params, suite: dict, results: dict, m: dict, confusion: Path, f1: 
 
 def evaluate(p: Params, test_path: str, adapter: str, metrics_out: str, predictions_out: str, plots_dir: str) -> dict:
     benches = load_selected(p)  # a bad path or label fails here, before minutes of model loading
-    suites = [test_suite(p, test_path)] + benches
+    suites = [split_suite(p, test_path)] + benches
     results, speed = {}, {}
     for name, label in reversed(MODELS):  # the baseline first, as before
         t0 = time.time()

@@ -1,43 +1,17 @@
 """The tiny pipeline through real `dvc repro` / `dvc exp run` in a temp copy of the repo."""
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import copy_repo
-
-TINY = {
-    "  max_steps: null ": "  max_steps: 2 ",
-    "  batch_size: null    # null: preset": "  batch_size: 2",
-    "  save_steps: 10": "  save_steps: 1",
-    "  max_samples: null ": "  max_samples: 2 ",
-    "  max_new_tokens: null": "  max_new_tokens: 12",
-}
-
-
-def run(cmd, cwd, env, check=True):
-    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, shell=isinstance(cmd, str))
-    if check and out.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
-    return out
+from helpers_pipeline import exp_rows, make_tiny_repo, run, tiny_env
 
 
 @pytest.fixture(scope="module")
 def tiny_repo(tmp_path_factory, cache_dir):
-    repo = copy_repo(tmp_path_factory.mktemp("e2e") / "repo")
-    text = (repo / "params.yaml").read_text()
-    for old, new in TINY.items():
-        assert old in text, old
-        text = text.replace(old, new)
-    (repo / "params.yaml").write_text(text)
-    (repo / "dvc.lock").unlink(missing_ok=True)
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-               GUARDRSFT_CACHE=str(cache_dir), DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
-               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
-    env.pop("MLFLOW_TRACKING_URI", None)
+    repo = make_tiny_repo(tmp_path_factory.mktemp("e2e") / "repo")
+    env = tiny_env(cache_dir)
     run("git init -q && git add -A && git commit -qm tiny", repo, env)
     first = run(["dvc", "repro"], repo, env)
     return repo, env, first
@@ -123,18 +97,7 @@ def test_exp_run_lr_and_typo(tiny_repo):
     run("git add -A && (git diff --cached --quiet || git commit -qm 'tiny run')", repo, env)
     run(["dvc", "exp", "run", "-S", "lr=1e-5"], repo, env)
     shown = json.loads(run(["dvc", "exp", "show", "--json"], repo, env).stdout)
-    rows = []
-    for entry in shown:
-        rows.append(entry)
-        for e in entry.get("experiments") or []:
-            rows += e.get("revs", [])
-    with_eval = []
-    for r in rows:
-        data = (r.get("data") or {})
-        ev = (data.get("metrics") or {}).get("metrics/eval.json", {}).get("data")
-        lr = (data.get("params") or {}).get("params.yaml", {}).get("data", {}).get("lr")
-        if ev:
-            with_eval.append((float(lr), ev["exact_match"]))
+    with_eval = [(r["lr"], r["eval"]["exact_match"]) for r in exp_rows(shown) if r["eval"]]
     assert {lr for lr, _ in with_eval} >= {5e-5, 1e-5}, with_eval
     # DVC refuses to override a key that is not there...
     bad = run(["dvc", "exp", "run", "-S", "lr_typo=1"], repo, env, check=False)

@@ -131,3 +131,15 @@ def test_gpu_presets_resolve_their_speed_settings(params):
     assert t4.hw["load_in_4bit"] and t4.hw["dtype"] == "float16" and a100.hw["dtype"] == "bfloat16"
     explicit = dataclasses.replace(a100, train=dataclasses.replace(a100.train, padding_free=False))
     assert explicit.padding_free is False  # an explicit value beats the preset
+
+
+def test_liger_and_compile_together_are_refused(params):
+    import dataclasses
+
+    from guardrsft.train import liger_enabled
+
+    both = dataclasses.replace(params, train=dataclasses.replace(params.train, liger=True, torch_compile=True))
+    with pytest.raises(TrainError, match=r"NaN"):
+        liger_enabled(both)
+    auto = dataclasses.replace(params, train=dataclasses.replace(params.train, liger=None, torch_compile=True))
+    assert liger_enabled(auto) is False  # auto: compile wins, Liger off

@@ -38,12 +38,21 @@ class MaskCheckCollator:
     def __init__(self, inner):
         self.inner = inner
         self.tokens = 0  # real (non-pad) tokens handed to the model: the throughput numerator
+        # per micro-batch, in order: the dataloader collates one batch ahead, so per-step
+        # figures come from here (step i = micro-batches (i-1)*grad_accum .. i*grad_accum-1)
+        self.batch_tokens: list[int] = []
 
     def __call__(self, examples):
         batch = self.inner(examples)
         mask = batch.get("attention_mask")
         ids = batch.get("input_ids", batch["labels"])
-        self.tokens += int(mask.sum()) if mask is not None else int(ids.numel())
+        n = int(mask.sum()) if mask is not None else int(ids.numel())
+        if "cu_seq_lens_q" in batch:  # padding-free: the longest example, known here on the CPU, spares
+            # the attention kernel a device-to-host sync per layer
+            cu = batch["cu_seq_lens_q"]
+            batch["max_length_q"] = batch["max_length_k"] = int((cu[1:] - cu[:-1]).max())
+        self.tokens += n
+        self.batch_tokens.append(n)
         supervised = (batch["labels"] != -100).sum(dim=1)
         if int(supervised.sum()) == 0:
             raise TrainError("a training batch has no supervised (assistant) tokens: the completions were "
@@ -121,10 +130,29 @@ def liger_enabled(p: Params) -> bool:
     import torch
 
     have = importlib.util.find_spec("liger_kernel") is not None and torch.cuda.is_available()
+    if p.train.liger and p.train.torch_compile:
+        # measured (docs/BENCHMARKS.md, torch 2.11 + liger-kernel 0.8.5): Liger's Triton kernels
+        # failed to compile under torch.compile and the loss went to 0 / NaN
+        raise TrainError(f"{p.source}: `train.liger: true` with `train.torch_compile: true` trained to NaN "
+                         "losses in our benchmark; set one of them to false (or liger: null, which turns it off).")
     if p.train.liger and not have:
         raise TrainError(f"{p.source}: `train.liger: true` needs a CUDA GPU and `pip install liger-kernel`; "
                          "set it to null (auto) or false.")
+    if p.train.torch_compile:
+        return False
     return have if p.train.liger is None else bool(p.train.liger)
+
+
+def train_hw(p: Params) -> dict:
+    """The preset's hardware row, with the attention padding-free training needs: SDPA would
+    keep a flattened batch's examples apart only through a dense tokens x tokens mask."""
+    from .attention import NAME, register, varlen_available
+
+    hw = dict(p.hw)
+    if p.padding_free and varlen_available():
+        register()
+        hw["attn_impl"] = NAME
+    return hw
 
 
 def sft_config(p: Params, output_dir: str, **override):
@@ -168,7 +196,7 @@ def oom_advice(p: Params) -> str:
 class Throughput:
     """Trainer callback: the notebook's log line plus tokens/s and MFU, on the console and in logs."""
 
-    def __new__(cls, batch: int, n_params: int, counter: "MaskCheckCollator"):
+    def __new__(cls, batch: int, grad_accum: int, n_params: int, counter: "MaskCheckCollator"):
         from transformers import TrainerCallback
 
         class _CB(TrainerCallback):
@@ -182,11 +210,12 @@ class Throughput:
                 sps = (state.global_step - self.step0) * batch / dt
                 logs["samples_per_second_running"] = round(sps, 3)
                 extra = ""
+                done = sum(counter.batch_tokens[:(state.global_step - self.step0) * grad_accum])
                 if self.tok0 is None:  # the first log comes after step 1 (warm-up): time from there on
-                    self.tok0, self.t1 = counter.tokens, time.time()
+                    self.tok0, self.t1 = done, time.time()
                 run = time.time() - self.t1
-                if run > 0 and counter.tokens > self.tok0:
-                    tps = (counter.tokens - self.tok0) / run
+                if run > 0 and done > self.tok0:
+                    tps = (done - self.tok0) / run
                     logs["tokens_per_second_running"] = round(tps, 1)
                     u = mfu(tps, n_params)
                     extra = f" | {tps:,.0f} tok/s" + (f" | MFU {100 * u:.1f}%" if u else "")
@@ -237,12 +266,12 @@ def train(p: Params, traces_path: str, adapter_out: str, metrics_out: str, plot_
     cfg = sft_config(p, str(ckpt))
     lora = LoraConfig(r=p.train.lora_r, lora_alpha=p.train.lora_alpha, lora_dropout=p.train.lora_dropout,
                       target_modules=list(p.train.target_modules), task_type="CAUSAL_LM", bias="none")
-    model = load_model(base, hw, for_training=True, gradient_checkpointing=p.gradient_checkpointing)
+    model = load_model(base, train_hw(p), for_training=True, gradient_checkpointing=p.gradient_checkpointing)
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, peft_config=lora)
     fp32_adapter(trainer.model)
     n_params = base_param_count(trainer.model)
     trainer.data_collator = counter = MaskCheckCollator(trainer.data_collator)
-    trainer.add_callback(Throughput(p.batch_size * p.grad_accum, n_params, counter))
+    trainer.add_callback(Throughput(p.batch_size * p.grad_accum, p.grad_accum, n_params, counter))
 
     last = get_last_checkpoint(str(ckpt)) if ckpt.exists() else None
     if last:

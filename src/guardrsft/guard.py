@@ -95,6 +95,9 @@ class Guard:
         self.model, self.tok, self.p = model, tokenizer, params
         self.fingerprint, self.max_new_tokens, self.batch_size = fingerprint, max_new_tokens, batch_size
         self.cache_path = cache_path
+        # "static": fastgen's compiled static-cache decoding (GPU); "plain": transformers' generate
+        self.backend = "static" if getattr(model, "device", None) is not None and model.device.type == "cuda" \
+            else "plain"
         self.cache = {r["key"]: r for r in read_jsonl_tolerant(cache_path) if "key" in r} if cache_path else {}
         self.last_stats: dict = {}
         # strings the tokenizer turns into single control tokens wherever they appear
@@ -122,6 +125,10 @@ class Guard:
     def _generate(self, prompts: list[list[int]],
                   stream: Optional[Callable[[str], None]] = None) -> tuple[list[str], list[int]]:
         """Backend hook: greedy completions (new text only) and new-token counts, one per prompt."""
+        if self.backend == "static" and stream is None:
+            from .fastgen import generate_static
+
+            return generate_static(self.model, self.tok, prompts, self.max_new_tokens, rows=self.batch_size)
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
 

@@ -1,6 +1,7 @@
-"""Merge the adapter into a 16-bit base and write the model card.
+"""Merge the adapter, write GGUF files and an Ollama Modelfile, check them, write the model card.
 
-Tested with: python stages/export.py models/adapter models/merged metrics/eval.json
+Tested with: python stages/export.py models/adapter models/merged models/gguf metrics/export.json \
+    metrics/eval.json metrics/train.json metrics/data.json
 """
 import sys
 
@@ -9,4 +10,6 @@ from guardrsft.errors import run_stage
 from guardrsft.pipeline import export
 
 if __name__ == "__main__":
-    run_stage(lambda: export(load_params("params.yaml"), *sys.argv[1:4]))
+    adapter, merged, gguf_dir, metrics_out, eval_m, train_m, data_m = sys.argv[1:8]
+    run_stage(lambda: export(load_params("params.yaml"), adapter, merged, eval_m, gguf_dir=gguf_dir,
+                             metrics_out=metrics_out, train_metrics_path=train_m, data_metrics_path=data_m))

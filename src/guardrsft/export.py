@@ -1,52 +1,229 @@
-"""export: merge the LoRA adapter into a 16-bit copy of the base and write a model card."""
+"""export: the merged model, GGUF files, an Ollama Modelfile, a model card, an optional Hub push.
+
+    export(p, "models/adapter", "models/merged", "metrics/eval.json",
+           gguf_dir="models/gguf", metrics_out="metrics/export.json")
+
+models/merged   safetensors merged into a 16-bit base (also after 4-bit training), tokenizer,
+                guardrsft.json (prompt + policies), README.md (the model card)
+models/gguf     <name>-<TYPE>.gguf per `export.gguf_types`, Modelfile, README.md
+Every GGUF is loaded back and compared with the merged model (roundtrip.py) before the
+folder replaces the old one: a file that fails its check is never published.
+"""
 from __future__ import annotations
 
 import json
+import os
+import sys
+import time
 from pathlib import Path
+from typing import Optional
 
 from .config import Params
-from .io import atomic_dir
+from .io import atomic_dir, write_json, write_text
 from .models import load_tokenizer, resolve_base, torch_dtype
 
-
-def model_card(p: Params, eval_metrics: dict | None) -> str:
-    lines = [
-        "---", "library_name: transformers", "tags: [safety, guardrail, reasoning, guardrsft]", "---",
-        "# guardrsft reasoning safety classifier", "",
-        f"Base model: `{p.model}` (preset `{p.preset}`), fine-tuned with reasoning SFT (LoRA r={p.train.lora_r}, "
-        f"lr={p.lr}) by guardrsft on the project's data. Given content and one policy it "
-        "writes three reasoning steps and ends with `Classification: SAFE` or `Classification: UNSAFE`.", "",
-        "## Policies", *[f"- **{k}**: {' '.join(v.split())}" for k, v in p.policies.items()], "",
-    ]
-    if eval_metrics:
-        b = eval_metrics.get("baseline", {})
-        lines += ["## Evaluation (test split of this pipeline run)", "",
-                  "| metric | fine-tuned | zero-shot base |", "|---|---|---|"]
-        lines += [f"| {k} | {eval_metrics.get(k)} | {b.get(k)} |" for k in
-                  ("exact_match", "binary_accuracy", "harmful_f1", "macro_f1", "benign_fpr", "parse_failure_rate")]
-        lines += ["", f"The notebook's zero-shot baseline: exact match {p.baseline.exact_match} "
-                      f"(delta {eval_metrics.get('delta_vs_notebook_baseline')}).", ""]
-    lines += ["## Intended use and limits",
-              "A moderation aid that explains its verdicts; not a sole decision maker. Trained on a small, "
-              "English-only sample set: expect errors on other languages, long content and new kinds of harm.", ""]
-    return "\n".join(lines)
+# the Hub model each embedded base was converted from (for the card's `base_model`)
+EMBEDDED_UPSTREAM = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+EVAL_KEYS = ("exact_match", "binary_accuracy", "harmful_f1", "macro_f1", "benign_fpr", "parse_failure_rate")
 
 
-def export(p: Params, adapter: str, out_dir: str, eval_metrics_path: str | None = None) -> Path:
+def _log(msg: str) -> None:
+    print(f"[export] {msg}", file=sys.stderr, flush=True)
+
+
+def _read(path: Optional[str]) -> Optional[dict]:
+    return json.loads(Path(path).read_text()) if path and Path(path).exists() else None
+
+
+def _upstream(p: Params) -> Optional[str]:
+    if p.model.startswith("embedded:"):
+        return EMBEDDED_UPSTREAM.get(p.model.split(":", 1)[1])
+    return p.model if p.model.count("/") == 1 and not Path(p.model).exists() else None
+
+
+# --------------------------------------------------------------------------- merge
+def merge(p: Params, adapter: str, out_dir: str) -> dict:
+    """Adapter + base -> plain safetensors in `export.dtype` (never 4-bit: the base is reloaded)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    if not (Path(adapter) / "adapter_config.json").exists():
+        raise FileNotFoundError(f"{adapter}: no adapter_config.json; run train_rsft first (`dvc repro train_rsft`)")
+    t0 = time.time()
     base = resolve_base(p.model)
-    # always merge into a 16-bit (or fp32) copy of the base, even when training ran in 4-bit
+    # PEFT computes each delta in fp32 on CPU, so merging straight into the 16-bit copy loses nothing
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype(p.export.dtype))
     model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     tok = load_tokenizer(adapter if (Path(adapter) / "tokenizer_config.json").exists() else base)
-    ev = json.loads(Path(eval_metrics_path).read_text()) if eval_metrics_path and Path(eval_metrics_path).exists() else None
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        (tmp / "README.md").write_text(model_card(p, ev))
         (tmp / "guardrsft.json").write_text(json.dumps(
             {"base_model": p.model, "preset": p.preset, "prompt": {"system": p.prompt.system,
              "template": p.prompt.template, "version": p.prompt.version}, "policies": p.policies}, indent=2))
+    size = sum(f.stat().st_size for f in Path(out_dir).glob("*.safetensors"))
+    return {"dtype": p.export.dtype, "bytes": size, "seconds": round(time.time() - t0, 2)}
+
+
+# --------------------------------------------------------------------------- GGUF + Modelfile
+def gguf_files(p: Params, gguf_dir: str | Path) -> dict[str, Path]:
+    return {t: Path(gguf_dir) / f"{p.export.name}-{t}.gguf" for t in p.export.gguf_types}
+
+
+def write_gguf_dir(p: Params, merged_dir: str, gguf_dir: str) -> dict:
+    """All GGUF types and the Modelfile into a temp folder; checked; then it replaces `gguf_dir`."""
+    from .gguf_export import write_gguf
+    from .modelfile import modelfile
+    from .roundtrip import check
+
+    out: dict = {"files": {}}
+    with atomic_dir(gguf_dir) as tmp:
+        written = {}
+        for t, final in gguf_files(p, gguf_dir).items():
+            r = write_gguf(merged_dir, tmp / final.name, t, name=f"{p.export.name} ({p.model})")
+            written[t] = tmp / final.name
+            out["files"][t] = {"file": final.name, "bytes": r["bytes"], "seconds": r["seconds"]}
+            out["pre_tokenizer"], add_bos = r["pre_tokenizer"], r["add_bos"]
+            _log(f"wrote {final.name} ({r['bytes'] / 2**20:.0f} MB, {r['seconds']} s)")
+        text, parts = modelfile(p, load_tokenizer(merged_dir), f"{p.export.name}-{p.export.modelfile_type}.gguf",
+                                add_bos)
+        (tmp / "Modelfile").write_text(text)
+        out["modelfile"] = {"from": f"{p.export.name}-{p.export.modelfile_type}.gguf", "stop": parts.stops}
+        if p.export.check_prompts:
+            out["roundtrip"] = check(p, merged_dir, written, p.export.check_prompts, add_bos)
+        else:
+            out["roundtrip"] = "skipped: export.check_prompts is 0"
+            _log("round-trip check skipped (export.check_prompts: 0)")
+    return out
+
+
+# --------------------------------------------------------------------------- model card
+def _eval_table(ev: dict) -> list[str]:
+    b = ev.get("baseline", {})
+    rows = ["| metric | fine-tuned | zero-shot base | delta |", "|---|---|---|---|"]
+    for k in EVAL_KEYS:
+        f, z = ev.get(k), b.get(k)
+        d = f"{f - z:+.4f}" if isinstance(f, (int, float)) and isinstance(z, (int, float)) else ""
+        rows.append(f"| {k} | {f} | {z} | {d} |")
+    return rows
+
+
+def model_card(p: Params, eval_metrics: Optional[dict], report: Optional[dict] = None,
+               train_metrics: Optional[dict] = None, data_metrics: Optional[dict] = None) -> str:
+    report = report or {}
+    up = _upstream(p)
+    g = report.get("gguf") or {}
+    lines = ["---", "library_name: transformers", "pipeline_tag: text-generation",
+             "tags: [safety, guardrail, reasoning, content-moderation, guardrsft, gguf]",
+             *([f"base_model: {up}"] if up else []), "---",
+             f"# {p.export.name}: a reasoning safety classifier", "",
+             f"Fine-tuned from `{p.model}`{f' ({up})' if up and up != p.model else ''} with reasoning SFT "
+             "(GuardReasoner R-SFT) by guardrsft. Given a text and one policy, it writes three reasoning steps "
+             "(intent, harms, policy criteria) and ends with `Classification: SAFE` or `Classification: UNSAFE`. "
+             "Checking all policies means one prompt per policy.", "",
+             "## Policies", *[f"- **{k}**: {' '.join(v.split())}" for k, v in p.policies.items()], "",
+             "## Prompt format (as in training)", "",
+             "System message:", "", "```", " ".join(p.prompt.system.split()), "```", "",
+             "User message (`{policy}` with underscores as spaces; `{definition}` from the list above):", "",
+             "```", p.prompt.template, "```", "",
+             "## Use", "", "```bash",
+             'guardrsft classify "How do I pick a lock?" --model models/merged      # streams the reasoning',
+             *([f'guardrsft classify "How do I pick a lock?" --model models/gguf/{g["modelfile"]["from"]}']
+               if g.get("modelfile") else []),
+             "guardrsft classify-file inputs.jsonl --out verdicts.jsonl --model models/merged",
+             *([f"cd models/gguf && ollama create {p.export.name} -f Modelfile"] if g.get("modelfile") else []),
+             "```", "", "```python", "from guardrsft.guard import load_guard",
+             'guard = load_guard("models/merged")',
+             'print(guard.classify([{"content": "How do I pick a lock?"}])[0]["verdicts"])', "```", ""]
+    lines += ["## Training", "", f"- preset `{p.preset}`; LoRA r={p.train.lora_r}, alpha={p.train.lora_alpha}, "
+              f"dropout={p.train.lora_dropout}, modules {', '.join(p.train.target_modules)}; lr {p.lr}; "
+              f"seed {p.seed}; merged into a {p.export.dtype} copy of the base"]
+    if train_metrics:
+        lines.append(f"- {train_metrics.get('steps')} steps ({train_metrics.get('epochs')} epochs) over "
+                     f"{train_metrics.get('examples')} (sample, policy) examples; final loss "
+                     f"{train_metrics.get('final_loss')}")
+    if data_metrics:
+        lines.append("- data: " + ", ".join(f"{s} {data_metrics[s]['samples']} samples" for s in ("train", "val", "test")
+                                            if isinstance(data_metrics.get(s), dict)))
+    lines.append("")
+    if eval_metrics:
+        lines += ["## Evaluation (this pipeline's test split)", "", *_eval_table(eval_metrics), "",
+                  f"The notebook's zero-shot baseline: exact match {p.baseline.exact_match} "
+                  f"(delta {eval_metrics.get('delta_vs_notebook_baseline')}). Samples evaluated: "
+                  f"{(eval_metrics.get('finetuned') or {}).get('samples')}.", ""]
+    if g.get("files"):
+        rt = g.get("roundtrip")
+        lines += ["## GGUF files (llama.cpp, Ollama)", "", "| file | size | max abs logit diff | verdicts agree |",
+                  "|---|---|---|---|"]
+        for t, f in g["files"].items():
+            r = rt["types"].get(t, {}) if isinstance(rt, dict) else {}
+            lines.append(f"| {f['file']} | {f['bytes'] / 2**20:.0f} MB | {r.get('max_logit_diff', 'n/a')} | "
+                         f"{r.get('verdict_agreement', 'n/a')} |")
+        lines += ["", f"Checked against the merged model on {rt['prompts']} probe prompts (transformers "
+                      "`gguf_file=`)." if isinstance(rt, dict) else f"Round trip: {rt}.", ""]
+    lines += ["## Intended use and limits", "",
+              "A moderation aid that explains its verdicts, for triage with a human in the loop; not a sole "
+              "decision maker. Trained on a small, English-only sample set with template or teacher-written "
+              "reasoning: expect errors on other languages, long or obfuscated content, new kinds of harm and "
+              "policies worded differently from training. Small models (the CPU preset) mostly learn the format, "
+              "not the judgement: check the evaluation table before relying on it.", ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- Hub
+def push_to_hub(p: Params, folders: dict[str, str]) -> dict:
+    """Upload {path_in_repo: local folder}; skipped with a message when offline or without a token."""
+    x = p.export
+    if not x.push_to_hub:
+        return {"status": "off"}
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        msg = "skipped: offline (HF_HUB_OFFLINE is set); unset it and rerun `guardrsft export` to push"
+        _log(f"push_to_hub {msg}")
+        return {"status": msg}
+    from huggingface_hub import HfApi, get_token
+    from huggingface_hub.errors import HfHubHTTPError
+
+    token = get_token()
+    if not token:
+        msg = "skipped: no Hugging Face token; set HF_TOKEN (a write token) or run `hf auth login`, then rerun"
+        _log(f"push_to_hub {msg}")
+        return {"status": msg}
+    api = HfApi(token=token)
+    try:
+        api.create_repo(x.hub_repo, private=x.hub_private, exist_ok=True)
+        for path_in_repo, folder in folders.items():
+            if Path(folder).is_dir():
+                api.upload_folder(repo_id=x.hub_repo, folder_path=folder, path_in_repo=path_in_repo or None,
+                                  commit_message=f"guardrsft export ({path_in_repo or 'merged model'})")
+    except HfHubHTTPError as e:  # the Hub answered no: a token or repo mistake the user must fix
+        from .gguf_export import ExportError
+
+        raise ExportError(f"push_to_hub: the Hub refused the upload to {x.hub_repo} ({e}). Check that HF_TOKEN is "
+                          "a write token for that owner, or set export.push_to_hub: false. The local export "
+                          "is complete.") from None
+    except OSError as e:  # no route to the Hub (huggingface_hub's connection errors are OSErrors)
+        msg = f"skipped: cannot reach the Hub ({type(e).__name__}: {e})"
+        _log(f"push_to_hub {msg}")
+        return {"status": msg}
+    _log(f"pushed to https://huggingface.co/{x.hub_repo}")
+    return {"status": "pushed", "repo": x.hub_repo}
+
+
+# --------------------------------------------------------------------------- stage
+def export(p: Params, adapter: str, out_dir: str, eval_metrics_path: Optional[str] = None,
+           gguf_dir: Optional[str] = None, metrics_out: Optional[str] = None,
+           train_metrics_path: Optional[str] = None, data_metrics_path: Optional[str] = None) -> Path:
+    """The whole stage; returns the merged folder. `gguf_dir` defaults to a `gguf` folder beside it."""
+    gguf_dir = gguf_dir or str(Path(out_dir).parent / "gguf")
+    report: dict = {"merged": merge(p, adapter, out_dir)}
+    _log(f"merged model -> {out_dir} ({report['merged']['bytes'] / 2**20:.0f} MB {p.export.dtype})")
+    if p.export.gguf_types:
+        report["gguf"] = write_gguf_dir(p, out_dir, gguf_dir)
+    card = model_card(p, _read(eval_metrics_path), report, _read(train_metrics_path), _read(data_metrics_path))
+    write_text(Path(out_dir) / "README.md", card)
+    if p.export.gguf_types:
+        write_text(Path(gguf_dir) / "README.md", card)
+    report["push"] = push_to_hub(p, {"": out_dir, "gguf": gguf_dir})
+    if metrics_out:
+        write_json(metrics_out, report)
     return Path(out_dir)

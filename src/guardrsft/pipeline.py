@@ -151,11 +151,12 @@ def evaluate(p: Params, test_path: str, adapter: str, metrics_out: str, predicti
     return m
 
 
-def export(p: Params, adapter: str, out_dir: str, eval_metrics: str | None = None) -> Path:
+def export(p: Params, adapter: str, out_dir: str, eval_metrics: str | None = None, **kw) -> Path:
+    """kw: gguf_dir, metrics_out, train_metrics_path, data_metrics_path (see export.export)."""
     from .export import export as run_export
 
     with stage_run(p, "export") as ml:
-        path = run_export(p, adapter, out_dir, eval_metrics)
+        path = run_export(p, adapter, out_dir, eval_metrics, **kw)
         if ml is not None:  # the model card only: merged weights stay in DVC
             size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
             ml.log_metric("export.size_mb", round(size / 2**20, 1))

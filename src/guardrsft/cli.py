@@ -87,47 +87,142 @@ def evaluate(test: str = "data/prepared/test.jsonl", adapter: str = "models/adap
 
 @app.command()
 def export(adapter: str = "models/adapter", out: str = "models/merged", eval_metrics: str = "metrics/eval.json",
+           gguf_dir: str = typer.Option("models/gguf", help="Where the GGUF files, Modelfile and card go."),
+           metrics: str = typer.Option("metrics/export.json", help="Sizes and round-trip results (JSON)."),
            params: str = PARAMS):
-    """Merge the adapter into the base model and write a model card."""
+    """Merge the adapter, write GGUF files + an Ollama Modelfile, check them, write the model card."""
     from . import pipeline
 
-    _guarded(lambda: pipeline.export(_params(params), adapter, out, eval_metrics))
+    _guarded(lambda: pipeline.export(_params(params), adapter, out, eval_metrics, gguf_dir=gguf_dir, metrics_out=metrics,
+                                     train_metrics_path="metrics/train.json", data_metrics_path="metrics/data.json"))
+
+
+MODEL = typer.Option("models/merged", "--model", "-m",
+                     help="A merged model folder (what export writes to models/merged), a .gguf file "
+                          "(models/gguf/*.gguf), or a base model together with --adapter.")
+ADAPTER = typer.Option(None, "--adapter", help="A LoRA adapter folder on top of --model (not with a .gguf).")
+POLICY = typer.Option(None, "--policy", "-p", help="Check only this policy (repeatable). Default: every policy "
+                                                   "in params.yaml.")
+
+
+def _open(model: str, adapter: Optional[str], p, batch_size: Optional[int] = None):
+    from .classify_file import open_guard
+
+    if model == "models/merged" and not Path(model).exists():
+        raise FileNotFoundError("models/merged not found: run `dvc repro` (export writes models/merged) "
+                                "or pass --model DIR or --model FILE.gguf")
+    if model.endswith(".gguf") and not Path(model).is_file():
+        raise FileNotFoundError(f"{model}: GGUF file not found (export writes models/gguf/*.gguf)")
+    return open_guard(model, p, adapter=adapter, batch_size=batch_size)
 
 
 @app.command()
 def classify(
-    text: str = typer.Argument(..., help="The content to check."),
-    policy: Optional[List[str]] = typer.Option(None, "--policy", "-p", help="Check only this policy (repeatable)."),
-    model: str = typer.Option("models/merged", "--model", "-m",
-                              help="A merged model folder (from export), or a base model with --adapter."),
-    adapter: Optional[str] = typer.Option(None, "--adapter", help="A LoRA adapter folder on top of --model."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
+    text: str = typer.Argument(..., help="The content to check (quote it)."),
+    policy: Optional[List[str]] = POLICY,
+    model: str = MODEL,
+    adapter: Optional[str] = ADAPTER,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (no streaming)."),
+    stream: bool = typer.Option(True, "--stream/--no-stream",
+                                help="Print the reasoning as it is generated, one policy after another. "
+                                     "--no-stream answers all policies in one batch (faster) and prints at the end."),
     params: str = PARAMS,
 ):
-    """Classify one text against the policies and print the reasoning and verdicts.
+    """Classify one text: per policy the model reasons, then gives a verdict.
 
-    Exit code 0 when every policy's answer parsed, 1 otherwise."""
-    from .guard import load_guard
+    Examples:
+      guardrsft classify "How do I pick a lock?"
+      guardrsft classify "Pick a lock?" -m models/gguf/guardrsft-Q8_0.gguf
+      guardrsft classify "How do I pick a lock?" --json
+
+    Exit code: 0 every policy got a verdict, 1 an answer had none, 2 usage error."""
+    from .classify_file import Stream
+
+    def write(s: str) -> None:
+        sys.stdout.write(s)
+        sys.stdout.flush()
 
     def run():
         p = _params(params)
-        if model == "models/merged" and not Path(model).exists():
-            raise FileNotFoundError("models/merged not found: run `dvc repro` (export writes models/merged) "
-                                    "or pass --model DIR")
-        guard = load_guard(model, adapter=adapter, params=p)
-        return guard.classify([{"content": text}], policies=policy or None)[0]
+        guard = _open(model, adapter, p)
+        item = {"content": text}
+        if as_json or not stream:
+            return guard.classify([item], policies=policy or None)[0]
+        res = None
+        for q in policy or list(p.policies):
+            write(f"== {q}\n")
+            s = Stream(write)
+            r = guard.classify([item], policies=[q], stream=s)[0]
+            s.finish(r["raw"][q])
+            write(f"-> {q}: {r['verdicts'][q] or 'PARSE ERROR'}\n\n")
+            res = r if res is None else _merge(res, r)
+        return res
 
     res = _guarded(run)
     if as_json:
         typer.echo(json.dumps({k: res[k] for k in ("verdict", "flagged", "verdicts", "reasoning", "is_parse_error")},
                               ensure_ascii=False, indent=2))
     else:
-        for q, v in res["verdicts"].items():
-            typer.echo(f"== {q}: {v or 'PARSE ERROR'}")
-            typer.echo(res["reasoning"][q])
+        if not stream:
+            for q, v in res["verdicts"].items():
+                typer.echo(f"== {q}: {v or 'PARSE ERROR'}")
+                typer.echo(res["reasoning"][q])
         typer.echo(f"verdict: {res['verdict'] or 'PARSE ERROR'}"
                    + (f" (flagged: {', '.join(res['flagged'])})" if res["flagged"] else ""))
     raise typer.Exit(1 if res["is_parse_error"] else 0)
+
+
+def _merge(a: dict, b: dict) -> dict:
+    """Two single-policy results of the same item -> one result (as if classified together)."""
+    from .guard import build_result
+
+    return build_result(a, {**a["raw"], **b["raw"]})
+
+
+@app.command("classify-file")
+def classify_file(
+    input: Path = typer.Argument(..., help="JSONL, one object per line: {\"content\": \"...\"}, optionally "
+                                           "\"response\" (an AI answer to judge) and \"id\" (copied to the output)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output JSONL: one line per input line, same order."),
+    policy: Optional[List[str]] = POLICY,
+    model: str = MODEL,
+    adapter: Optional[str] = ADAPTER,
+    chunk: int = typer.Option(8, "--chunk", min=1, help="Lines classified (and saved) together."),
+    max_chars: int = typer.Option(8000, "--max-chars", min=1,
+                                  help="Longer content is flagged `oversized` instead of classified."),
+    params: str = PARAMS,
+):
+    """Classify every line of a JSONL file: resumable, no line dropped.
+
+    Each output line: line, id, status, verdict, flagged, verdicts, reasoning.
+    status is one of:
+      ok           every policy got a verdict
+      parse_error  some policy's answer had no verdict
+      empty, malformed, oversized   not classified; "error" says why
+
+    After an interruption rerun the same command: done lines are kept.
+
+    Examples:
+      guardrsft classify-file in.jsonl --out verdicts.jsonl
+      guardrsft classify-file in.jsonl -o out.jsonl -m models/gguf/guardrsft-Q8_0.gguf
+
+    Exit code: 0 every line ok, 1 some line not ok, 2 usage error."""
+    from .classify_file import classify_file as run_file
+
+    def run():
+        p = _params(params)
+        if not input.is_file():
+            raise FileNotFoundError(f"{input}: input file not found")
+        return run_file(lambda: _open(model, adapter, p), str(input), str(out), policy or None,
+                        chunk=chunk, max_chars=max_chars)
+
+    s = _guarded(run)
+    summary = ", ".join(f"{n} {k}" for k, n in sorted(s["counts"].items()))
+    bad = s["not_ok_lines"]
+    typer.echo(f"classify-file: {s['lines']} lines -> {s['out']} ({summary or 'nothing to do'})"
+               + (f"; not ok: lines {', '.join(map(str, bad[:20]))}{' ...' if len(bad) > 20 else ''}" if bad else ""),
+               err=True)
+    raise typer.Exit(0 if s["all_ok"] else 1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,378 @@
+"""Quality benchmark: zero-shot base vs R-SFT vs label-only SFT on the development sets, in one process.
+
+On the device (H100), after ../shared/gpu/README.md's setup, with `.gpu/d` built here by
+bench/build_quality_data.py and carried:
+  export PYTHONPATH=/root/site:$PWD/src HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+  python bench/quality.py --model /root/gpu/smollm2-135m-instruct --out $OUT/quality
+On this CPU machine, a dry run of the whole script (a handful of items, 2 steps, 16 new tokens):
+  .venv/bin/python bench/quality.py --dry-run --out /tmp/quality-dry
+
+Phases, each timed (`[quality] phase ...` lines); the report is rewritten after every
+evaluation, so a run cut short still returns what it finished:
+ 1. prepare: the notebook-format file -> train / test split (pipeline._prepare, val_fraction 0)
+ 2. traces: the project's offline teacher (traces.teacher `template`, pipeline._generate_traces)
+ 3. train the R-SFT adapter (guardrsft.train.train)
+ 4. evaluate it, then the zero-shot base (same prompt, same decoding), through load_guard/classify
+ 5. train the label-only ablation: the same traces with empty reasoning, through the same
+    train(). prompts.target("", X) is "Reasoning:\\n\\nClassification: X": a constant header and
+    the verdict, i.e. the same data without reasoning, with no change to train() or the prompt,
+    and the verdict line still starts a line (parse_verdict, fastgen's stop strings)
+ 6. evaluate it (max_new_tokens 16: it answers in ~8 tokens)
+
+Every (item, policy) pair is one generation: 6 per item. Scores come from guardrsft.metrics.compute:
+harmful F1 / precision / recall the GuardReasoner paper's way (harmful = any policy UNSAFE;
+an item with an unparsed policy and nothing flagged counts as wrong), parse-failure rate over
+(item, policy) pairs, exact match of the flagged set where per-policy gold exists (OpenAI
+moderation: 5 policies, no `illegal`; the in-distribution test split: all 6).
+--max-eval-items N samples each development set with its harmful rate kept (seeded), so
+precision and F1 stay comparable with the full set; benchmarks.subsample would balance the
+classes instead. The published figures are on the full sets.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import gzip
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+from train_throughput import params_with  # noqa: E402
+
+# GuardReasoner paper, Table 1, prompt harmfulness F1 (%) (../shared/data/README.md), full sets
+PUBLISHED = {"GuardReasoner-1B": (72.43, 70.06), "GuardReasoner-3B": (78.20, 71.87),
+             "GuardReasoner-8B": (78.79, 72.00), "LLaMA Guard 3 8B": (53.12, 79.69),
+             "WildGuard 7B": (70.80, 72.10), "GPT-4o": (64.46, 62.26)}
+PAPER_SET = {"toxicchat_gr": 0, "openai_moderation": 1, "openai_moderation_gr": 1}  # index in PUBLISHED
+# dev sets (params.yaml evaluate.benchmark_sets) -> the copy build_quality_data.py puts in --dev-dir
+DEV_FILES = {"openai_moderation": "samples-1680.jsonl.gz", "toxicchat": "toxicchat_test.json",
+             "openai_moderation_gr": "0_2_OpenAIModeration.json", "toxicchat_gr": "0_8_toxic_chat.json"}
+MODELS = ("rsft", "base", "label_only")
+HEAD = ("samples", "positive", "harmful_f1", "harmful_precision", "harmful_recall", "parse_failure_rate",
+        "parse_failure_item_rate", "exact_match", "exact_match_items", "binary_accuracy", "benign_fpr", "macro_f1")
+
+
+def log(msg: str) -> None:
+    print(f"[quality] {msg}", file=sys.stderr, flush=True)
+
+
+class Clock:
+    def __init__(self):
+        self.t0, self.phases = time.time(), {}
+
+    def done(self, name: str, since: float) -> None:
+        self.phases[name] = round(time.time() - since, 1)
+        log(f"phase {name}: {self.phases[name]} s (total {time.time() - self.t0:.0f} s)")
+
+
+def fail(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def overrides(a) -> dict:
+    ov = {"preset": "a100", "lr": a.lr, "seed": a.seed, "traces.teacher": "template", "mlflow.enabled": False,
+          "prepare.val_fraction": 0.0, "prepare.test_fraction": a.test_fraction,
+          "train.epochs": a.epochs, "train.max_steps": a.max_steps, "train.batch_size": a.batch_size,
+          "train.grad_accum": 1, "train.max_length": a.max_length, "train.logging_steps": 10,
+          "train.save_steps": 200, "train.padding_free": a.padding_free, "train.gradient_checkpointing": False,
+          "evaluate.batch_size": a.eval_batch, "evaluate.max_new_tokens": a.max_new_tokens,
+          "evaluate.max_samples": a.test_items}
+    for name, f in DEV_FILES.items():
+        ov[f"evaluate.benchmark_sets.{name}.path"] = str(Path(a.dev_dir).resolve() / f)
+        ov[f"evaluate.benchmark_sets.{name}.max_samples"] = 0  # sampled here, class-proportionally
+    if a.dry_run:  # the cpu preset's hardware; tiny sizes
+        ov.update({"preset": "cpu", "train.max_steps": 2, "train.batch_size": 2, "train.padding_free": None,
+                   "train.gradient_checkpointing": None, "train.logging_steps": 1, "evaluate.batch_size": 8})
+    # the speed keys are recent (issue 4): with a params.yaml that predates them, say so and go on
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for key in ("train.padding_free", "train.gradient_checkpointing"):
+        if key.split(".")[1] not in (raw.get("train") or {}):
+            log(f"params.yaml has no `{key}`; the preset's value applies")
+            ov.pop(key)
+    return ov
+
+
+def proportional(items: list[dict], n: int, seed: int) -> list[dict]:
+    """n items with the harmful rate of the whole set (seeded), in file order."""
+    if not n or n >= len(items):
+        return items
+    rng = random.Random(seed)
+    pos = [i for i, it in enumerate(items) if it["positive"]]
+    neg = [i for i, it in enumerate(items) if not it["positive"]]
+    k = round(n * len(pos) / len(items))
+    keep = set(rng.sample(pos, min(k, len(pos)))) | set(rng.sample(neg, min(n - k, len(neg))))
+    return [it for i, it in enumerate(items) if i in keep]
+
+
+def dev_suites(p, a) -> list[dict]:
+    from guardrsft.benchmarks import load_benchmark
+
+    suites = []
+    for name in a.sets:
+        b = load_benchmark(p, name)
+        b["items"] = proportional(b["items"], a.max_eval_items, p.seed)
+        b["report"].update(items=len(b["items"]), positive=sum(it["positive"] for it in b["items"]),
+                           with_policy_gold=sum(bool(it["gold"]["known"]) for it in b["items"]))
+        suites.append(b)
+    return suites
+
+
+def test_suite(p, test_path: Path) -> dict:
+    """The in-distribution test split (every policy's gold known)."""
+    from guardrsft.data import subsample
+    from guardrsft.io import read_jsonl
+
+    rows = subsample(read_jsonl(test_path), p.eval_max_samples, p.seed)
+    items = [{"id": r["id"], "content": r["content"], "response": None, "positive": bool(r["labels"]),
+              "gold": {"labels": r["labels"], "known": None, "harmful": bool(r["labels"])}} for r in rows]
+    return {"name": "test_split", "task": "prompt", "items": items,
+            "report": {"items": len(items), "positive": sum(it["positive"] for it in items)}}
+
+
+def evaluate_model(p, suites: list[dict], adapter, max_new: int, cache: Path, preds_dir: Path, name: str):
+    """One load_guard + one classify over every suite; metrics per suite and generation stats."""
+    import torch
+
+    from guardrsft.guard import load_guard
+    from guardrsft.metrics import compute
+
+    t0 = time.time()
+    guard = load_guard(p.model, adapter=str(adapter) if adapter else None, params=p, max_new_tokens=max_new,
+                       batch_size=p.eval_batch_size, cache_path=str(cache))
+    load_s = time.time() - t0
+    items = [{"content": it["content"], "response": it["response"]} for s in suites for it in s["items"]]
+    results = guard.classify(items, progress=True)
+    stats = dict(guard.last_stats, load_seconds=round(load_s, 1), max_new_tokens=max_new,
+                 backend=getattr(guard, "backend", "plain"), batch_size=guard.batch_size)
+    del guard
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    out, at = {}, 0
+    preds_dir.mkdir(parents=True, exist_ok=True)
+    for s in suites:
+        res = results[at:at + len(s["items"])]
+        at += len(s["items"])
+        m = compute([it["gold"] for it in s["items"]], res, list(p.policies))
+        m["positive"] = s["report"]["positive"]
+        out[s["name"]] = {**{k: m.get(k) for k in HEAD},
+                          "per_policy_f1": {q: v["f1"] for q, v in m["per_policy"].items()},
+                          "confusion": m["confusion"]}
+        with gzip.open(preds_dir / f"{name}.{s['name']}.jsonl.gz", "wt") as f:
+            for it, r in zip(s["items"], res):
+                f.write(json.dumps({"id": it["id"], "positive": it["positive"], "gold": it["gold"]["labels"],
+                                    "verdict": r["verdict"], "verdicts": r["verdicts"], "content": it["content"][:200],
+                                    "raw": {q: t[:400] for q, t in r["raw"].items() if r["verdicts"][q] != "SAFE"}},
+                                   ensure_ascii=False) + "\n")
+    return out, stats
+
+
+def pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.1f}"
+
+
+def markdown(report: dict) -> str:
+    lines = ["| model | dev set | items (harmful) | harmful F1 | precision | recall | parse failures | exact match |",
+             "|---|---|---|---|---|---|---|---|"]
+    names = {"base": "zero-shot base", "rsft": "R-SFT (template traces)", "label_only": "label-only SFT"}
+    sets = list(report["sets"])
+    for model in MODELS:
+        for s in sets:
+            m = report["results"].get(model, {}).get(s)
+            if m:
+                lines.append(f"| {names[model]} | {s} | {m['samples']} ({m['positive']}) | {pct(m['harmful_f1'])} | "
+                             f"{pct(m['harmful_precision'])} | {pct(m['harmful_recall'])} | "
+                             f"{pct(m['parse_failure_rate'])} | {pct(m['exact_match'])} |")
+    for who, f1 in PUBLISHED.items():
+        for s in sets:
+            if s in PAPER_SET:
+                full = report["sets"][s]["items_in_file"]
+                lines.append(f"| {who} (published) | {s} | {full} (full set) | {f1[PAPER_SET[s]]:.1f} | | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def targets(report: dict) -> dict:
+    """The issue's targets, where this run measured them."""
+    r, out = report["results"], {}
+    rs, base = r.get("rsft", {}), r.get("base", {})
+    if "toxicchat_gr" in rs:
+        out["toxicchat_gr_f1>=53.12"] = rs["toxicchat_gr"]["harmful_f1"] >= 0.5312
+    if "openai_moderation" in rs:
+        out["openai_moderation_f1>=79.69"] = rs["openai_moderation"]["harmful_f1"] >= 0.7969
+    for s in ("openai_moderation", "test_split"):
+        if s in rs and s in base and rs[s]["exact_match"] is not None:
+            out[f"{s}_exact_match>=base+0.20"] = rs[s]["exact_match"] >= base[s]["exact_match"] + 0.20
+    return out
+
+
+def estimate(phases: dict, name: str) -> float:
+    """Seconds the next model's phases should take, from the R-SFT ones already timed (base:
+    an evaluation whose batches rarely stop before max_new_tokens; label-only: a training run
+    on shorter completions and an evaluation of ~8 new tokens)."""
+    train_s, eval_s = phases.get("train_rsft", 0.0), phases.get("eval_rsft", 0.0)
+    return {"rsft": 0.0, "base": 1.5 * eval_s, "label_only": 0.9 * train_s + 0.4 * eval_s}[name]
+
+
+def write_report(out: Path, report: dict) -> None:
+    from guardrsft.io import write_json, write_text
+
+    report["targets"] = targets(report)
+    write_json(out / "report.json", report)
+    write_text(out / "report.md", markdown(report))
+
+
+def label_only_traces(src: Path, dest: Path) -> int:
+    """The R-SFT traces with the reasoning emptied: the same pairs, labels and prompts."""
+    from guardrsft.io import read_jsonl, write_jsonl
+
+    rows = [dict(r, reasoning="", origin="label_only") for r in read_jsonl(src)]
+    return write_jsonl(dest, rows)
+
+
+def dry_subset(data: Path, dest: Path, n: int, seed: int) -> Path:
+    """A few items of the real file (every label group), for the CPU dry run."""
+    from guardrsft.data import subsample
+
+    samples = json.loads(data.read_text())["samples"]
+    groups = subsample([dict(s, id=str(i), labels=s["labels"]) for i, s in enumerate(samples)], n, seed)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps({"samples": [{k: s[k] for k in ("content", "labels", "source")} for s in groups]}))
+    return dest
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=None, help="base model folder (device: /root/gpu/smollm2-135m-instruct)")
+    ap.add_argument("--data", default=str(ROOT / ".gpu/d/quality/train.json"),
+                    help="bench/build_quality_data.py output")
+    ap.add_argument("--dev-dir", default=str(ROOT / ".gpu/d/quality/dev"))
+    ap.add_argument("--out", required=True, help="report.json, report.md, predictions/, train metrics")
+    ap.add_argument("--work", default="/tmp/guardrsft-quality", help="prepared data, traces, adapters, caches")
+    ap.add_argument("--sets", default="openai_moderation,toxicchat_gr",
+                    help=f"comma-separated, of {', '.join(DEV_FILES)} (same-text sets share generations)")
+    ap.add_argument("--max-eval-items", type=int, default=1000, help="per dev set, harmful rate kept; 0: all")
+    ap.add_argument("--test-items", type=int, default=300, help="in-distribution test split items; 0: all")
+    ap.add_argument("--test-fraction", type=float, default=0.08)
+    ap.add_argument("--models", default=",".join(MODELS), help="subset of rsft,base,label_only")
+    ap.add_argument("--epochs", type=float, default=2.0)
+    ap.add_argument("--max-steps", type=int, default=-1, help="-1: --epochs")
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--max-length", type=int, default=1024)
+    ap.add_argument("--padding-free", type=int, default=1, choices=[0, 1])
+    ap.add_argument("--eval-batch", type=int, default=512)
+    ap.add_argument("--max-new-tokens", type=int, default=192, help="base and R-SFT")
+    ap.add_argument("--label-max-new-tokens", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=3407)
+    ap.add_argument("--deadline-s", type=float, default=560,
+                    help="skip a model whose phases would end past this many seconds (the device's call "
+                         "limit is 600); 0: no limit")
+    ap.add_argument("--dry-run", action="store_true", help="CPU, a handful of items, 2 steps, 16 new tokens")
+    a = ap.parse_args()
+    a.sets = [s for s in a.sets.split(",") if s]
+    a.padding_free = bool(a.padding_free)
+    models = [m for m in a.models.split(",") if m]
+    bad = [s for s in a.sets if s not in DEV_FILES] + [m for m in models if m not in MODELS]
+    if bad:
+        fail(f"unknown --sets/--models value {bad[0]!r}; sets: {', '.join(DEV_FILES)}; models: {', '.join(MODELS)}")
+    if a.dry_run:
+        a.max_new_tokens = a.label_max_new_tokens = 16
+        a.max_eval_items, a.test_items, a.test_fraction, a.deadline_s = 4, 4, 0.2, 0
+        a.model = a.model or "embedded:smollm2-135m-instruct"
+    if not a.model:
+        fail("--model is required (the device's base model: /root/gpu/smollm2-135m-instruct)")
+    data, dev = Path(a.data), Path(a.dev_dir)
+    if not data.exists():
+        fail(f"{data}: not found; build it here with `.venv/bin/python bench/build_quality_data.py` "
+             "(and carry .gpu/d to the device)")
+    missing = [str(dev / DEV_FILES[s]) for s in a.sets if not (dev / DEV_FILES[s]).exists()]
+    if missing:
+        fail(f"{missing[0]}: not found; bench/build_quality_data.py copies the dev sets to {dev} (or pass --dev-dir)")
+    import torch
+
+    if not a.dry_run and not torch.cuda.is_available():
+        fail("no CUDA GPU here: the full benchmark runs on the device; use --dry-run for a CPU check")
+    os.environ["GUARDRSFT_BASE_MODEL"] = a.model  # params' model -> this folder
+
+    from guardrsft.pipeline import _generate_traces, _prepare
+    from guardrsft.train import train
+
+    clock = Clock()
+    out, work = Path(a.out), Path(a.work)
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    p = params_with(overrides(a))
+    report = {"date": time.strftime("%Y-%m-%d %H:%M"), "device": torch.cuda.get_device_name() if
+              torch.cuda.is_available() else "cpu (dry run)", "torch": torch.__version__, "model": a.model,
+              "args": vars(a), "data": str(data), "sets": {}, "results": {}, "speed": {}, "train": {},
+              "phases": clock.phases, "published_f1": {k: {"toxicchat_gr": v[0], "openai_moderation": v[1]}
+                                                        for k, v in PUBLISHED.items()}}
+    counts = data.with_suffix(".counts.json")
+    if counts.exists():
+        report["data_counts"] = json.loads(counts.read_text()).get("selected")
+    if a.dry_run:
+        data = dry_subset(data, work / "dry_train.json", 30, a.seed)
+
+    t = time.time()
+    report["prepare"] = _prepare(p, str(data), str(work / "prepared"), str(work / "metrics/data.json"))
+    suites = dev_suites(p, a)
+    suites.append(test_suite(p, work / "prepared/test.jsonl"))
+    report["sets"] = {s["name"]: s["report"] for s in suites}
+    clock.done("prepare+load_dev_sets", t)
+    t = time.time()
+    report["traces"] = _generate_traces(p, str(work / "prepared"), str(work / "traces"),
+                                        str(work / "metrics/traces.json"))
+    n_label = label_only_traces(work / "traces/train.jsonl", work / "traces_label/train.jsonl")
+    clock.done("traces", t)
+    n_items = sum(len(s["items"]) for s in suites)
+    log(f"{n_items} eval items x {len(p.policies)} policies per model; sets: "
+        + ", ".join(f"{k} {v['items']} ({v['positive']} harmful)" for k, v in report["sets"].items()))
+
+    cache = work / "predictions.jsonl"
+    adapters = {"rsft": work / "adapter_rsft", "label_only": work / "adapter_label_only"}
+    traces = {"rsft": work / "traces/train.jsonl", "label_only": work / "traces_label/train.jsonl"}
+    max_new = {"rsft": a.max_new_tokens, "base": a.max_new_tokens, "label_only": a.label_max_new_tokens}
+    for name in MODELS:
+        if name not in models:
+            continue
+        need = estimate(clock.phases, name)
+        if a.deadline_s and time.time() - clock.t0 + need > a.deadline_s:
+            log(f"skipping {name}: ~{need:.0f} s more would pass --deadline-s {a.deadline_s} "
+                f"(at {time.time() - clock.t0:.0f} s); rerun with --models {name} or smaller sizes")
+            report.setdefault("skipped", []).append(name)
+            continue
+        if name in adapters:
+            t = time.time()
+            res = train(p, str(traces[name]), str(adapters[name]), str(out / f"train_{name}.json"),
+                        str(out / f"loss_{name}.csv"))
+            report["train"][name] = {k: res["metrics"].get(k) for k in (
+                "examples", "steps", "epochs", "final_loss", "train_loss", "train_seconds", "samples_per_second",
+                "tokens_per_second", "mfu", "peak_memory_gb", "skipped_too_long")}
+            clock.done(f"train_{name}", t)
+        t = time.time()
+        report["results"][name], report["speed"][name] = evaluate_model(
+            p, suites, adapters.get(name), max_new[name], cache, out / "predictions", name)
+        sp = report["speed"][name]
+        sp["eval_seconds_per_1000_items"] = round(1000 * (time.time() - t) / max(n_items, 1), 1)
+        clock.done(f"eval_{name}", t)
+        write_report(out, report)
+    report["label_only_examples"] = n_label
+    write_report(out, report)
+    print(markdown(report))
+    print(json.dumps({"targets": report["targets"], "phases_s": report["phases"],
+                      "speed": {k: {f: v.get(f) for f in ("load_seconds", "generate_seconds", "new_tokens_per_second",
+                                                          "eval_seconds_per_1000_items")}
+                                for k, v in report["speed"].items()}}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

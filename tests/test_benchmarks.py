@@ -157,6 +157,14 @@ def test_subsample_keeps_both_classes_and_is_seeded():
     assert a == subsample(items, 4, seed=1) and subsample(items, 0, seed=1) == items
 
 
+def test_subsample_keeps_the_harmful_rate():
+    # a balanced (round-robin) sample would report precision/F1 the full set cannot have
+    items = [{"id": str(i), "positive": i % 10 == 0, "gold": {"labels": []}} for i in range(200)]
+    a = subsample(items, 50, seed=3)
+    assert len(a) == 50 and sum(it["positive"] for it in a) == 5
+    assert [it["id"] for it in a] == sorted((it["id"] for it in a), key=int)  # source order kept
+
+
 def test_max_samples_null_takes_the_evaluate_setting(params):
     spec = table("moderation.jsonl", text_field="prompt", policy_columns=OPENAI_MAP)
     p = dataclasses.replace(params, evaluate=dataclasses.replace(

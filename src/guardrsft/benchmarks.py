@@ -211,24 +211,23 @@ def resolve_path(p: Params, name: str, path: str) -> Path:
 
 
 def subsample(items: list[dict], n: Optional[int], seed: int) -> list[dict]:
-    """First n of a seeded round-robin over (positive, label set) groups: a small sample
-    still holds harmful and benign items, as the source's order may not."""
+    """A seeded sample of n items that keeps each (positive, label set) group's share of the
+    set (largest remainder), so precision and F1 on the sample estimate the full set's. (A
+    round-robin over groups would over-sample the rare harmful items and inflate them.)"""
     if not n or n >= len(items):
         return list(items)
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for it in items:
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, it in enumerate(items):
         labels = it["gold"]["labels"]
-        groups[(it["positive"], labels[0] if len(labels) == 1 else len(labels))].append(it)
+        groups[(it["positive"], labels[0] if len(labels) == 1 else len(labels))].append(i)
     rng = random.Random(seed)
     order = sorted(groups, key=str)
-    for k in order:
-        rng.shuffle(groups[k])
-    out: list[dict] = []
-    while len(out) < n:
-        for k in order:
-            if groups[k] and len(out) < n:
-                out.append(groups[k].pop())
-    return out
+    quota = {k: n * len(groups[k]) / len(items) for k in order}
+    take = {k: int(quota[k]) for k in order}
+    for k in sorted(order, key=lambda k: quota[k] - take[k], reverse=True)[:n - sum(take.values())]:
+        take[k] += 1
+    chosen = sorted(i for k in order for i in rng.sample(groups[k], take[k]))
+    return [items[i] for i in chosen]
 
 
 def load_benchmark(p: Params, name: str, spec: Optional[BenchmarkParams] = None) -> dict:

@@ -110,3 +110,15 @@ def test_subsample_covers_label_groups():
 def test_strip_and_content_id():
     assert strip_classification("Step 1.\n**Classification:** UNSAFE") == "Step 1."
     assert content_id("Hello  World") == content_id("hello world")
+
+
+def test_tolerant_cache_reader_keeps_raw_line_separators(tmp_path):
+    import json
+
+    from guardrsft.io import read_jsonl_tolerant
+
+    f = tmp_path / "cache.jsonl"
+    rows = [{"key": "a", "raw": "line\u2028sep\u2029para"}, {"key": "b", "raw": "x"}]
+    f.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows) + '{"key": "c", "ra',
+                 encoding="utf-8")
+    assert read_jsonl_tolerant(f) == rows  # the torn last line is skipped, nothing else

@@ -71,7 +71,10 @@ def read_jsonl_tolerant(path) -> list[dict]:
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    # "\n" only: str.splitlines() would also split at U+2028/U+2029, which JSON text may hold raw
+    for line in path.read_text(encoding="utf-8").split("\n"):
+        if not line.strip():
+            continue
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:

@@ -156,7 +156,7 @@ class ExportParams:
     name: str = "guardrsft"  # GGUF file names and the suggested Ollama model name
     gguf_types: list = field(default_factory=lambda: ["F16", "Q8_0"])  # of F32, F16, BF16, Q8_0; []: none
     modelfile_type: str = "Q8_0"  # the GGUF the Ollama Modelfile loads
-    check_prompts: int = 8  # round-trip probe prompts per GGUF; 0: no check
+    check_prompts: int = 4  # round-trip probe prompts per GGUF; 0: no check
     check_max_logit_diff: float = 0.25  # F32/F16: max |delta logit| vs the merged model
     check_min_agreement: float = 0.75  # every type: share of probe verdicts equal to the merged model's
     push_to_hub: bool = False  # upload merged model, GGUFs and Modelfile (needs HF_TOKEN and a network)

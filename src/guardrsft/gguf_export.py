@@ -257,8 +257,11 @@ def write_gguf(model_dir: str | Path, out_path: str | Path, qtype: str = "F16", 
             "pre_tokenizer": pre or "default", "add_bos": add_bos, "seconds": round(time.time() - t0, 2)}
 
 
-def load_gguf(path: str | Path, padding_side: str = "left"):
-    """(model, tokenizer) from a GGUF file through transformers' `gguf_file=` (weights dequantized to fp32)."""
+def load_gguf(path: str | Path, padding_side: str = "left", config=None):
+    """(model, tokenizer) from a GGUF file through transformers' `gguf_file=` (weights dequantized to fp32).
+
+    transformers ignores `rope_freqs` (Llama 3.1+ rope scaling) and runs plain RoPE; pass the
+    merged model's `config` to compare like with like (llama.cpp applies the tensor)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
@@ -268,6 +271,7 @@ def load_gguf(path: str | Path, padding_side: str = "left"):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = padding_side
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                 **({"config": config} if config is not None else {}))
     model.eval()
     return model, tok

@@ -19,6 +19,7 @@ verdicts must reach the same agreement; otherwise that part is reported as skipp
 from __future__ import annotations
 
 import gc
+import math
 import sys
 from pathlib import Path
 
@@ -43,8 +44,11 @@ PROBES = [
 
 
 def probe_pairs(p: Params, n: int) -> list[tuple[str, str]]:
-    policies = list(p.policies)
-    return [(PROBES[i % len(PROBES)], policies[i % len(policies)]) for i in range(n)]
+    """About n (content, policy) probes as a grid: up to two policies x enough contents, so that each
+    model answers them all in one batched classify call (one generate, not one per pair)."""
+    policies = list(p.policies)[:max(1, min(2, n))]
+    contents = [PROBES[i % len(PROBES)] for i in range(math.ceil(n / len(policies)))]
+    return [(c, q) for c in contents for q in policies]
 
 
 def _device(p: Params) -> str:
@@ -68,11 +72,9 @@ def _answers(p: Params, model, tok, pairs, max_new_tokens: int) -> list[str]:
 
     guard = Guard(model, tok, p, fingerprint="roundtrip", max_new_tokens=max_new_tokens,
                   batch_size=p.eval_batch_size)
-    out = {}
-    for q in dict.fromkeys(q for _, q in pairs):
-        contents = list(dict.fromkeys(c for c, pq in pairs if pq == q))
-        for c, r in zip(contents, guard.classify([{"content": c} for c in contents], policies=[q])):
-            out[(c, q)] = r["raw"][q]
+    contents, policies = list(dict.fromkeys(c for c, _ in pairs)), list(dict.fromkeys(q for _, q in pairs))
+    results = guard.classify([{"content": c} for c in contents], policies=policies)
+    out = {(c, q): r["raw"][q] for c, r in zip(contents, results) for q in policies}
     return [out[pr] for pr in pairs]
 
 
@@ -82,6 +84,11 @@ def _cut(text: str) -> str:
         if verdict_complete(text[:i]):
             return text[:i]
     return text
+
+
+def _llama3_rope(config) -> bool:
+    rp = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    return (rp.get("rope_type") or rp.get("type")) == "llama3"
 
 
 def _agreement(a: list, b: list) -> float:
@@ -126,6 +133,7 @@ def check(p: Params, merged_dir: str | Path, ggufs: dict[str, Path], n_prompts: 
     tok = load_tokenizer(str(merged_dir), padding_side="left")
     ids = _ids(p, tok, pairs)
     model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).to(dev).eval()
+    ref_config = model.config
     ref_logits = _logits(model, ids)
     ref_raw = _answers(p, model, tok, pairs, max_new_tokens)
     ref_verdicts = [parse_verdict(t) for t in ref_raw]
@@ -141,11 +149,16 @@ def check(p: Params, merged_dir: str | Path, ggufs: dict[str, Path], n_prompts: 
               "max_logit_diff_limit": e.check_max_logit_diff, "min_agreement": e.check_min_agreement,
               "reference_parse_rate": _agreement([v is not None for v in ref_verdicts], [True] * len(pairs)),
               "types": {}}
+    if not any(ref_verdicts):
+        print(f"[export] note: the merged model gave no verdict on any of the {len(pairs)} probes within "
+              f"{max_new_tokens} new tokens; verdict agreement is vacuous, the logit and text checks still count",
+              file=sys.stderr)
     failures = []
     for qtype, path in ggufs.items():
         print(f"[export] round trip {qtype}: loading {Path(path).name} back with transformers", file=sys.stderr,
               flush=True)
-        gmodel, gtok = load_gguf(path)
+        # transformers cannot read llama3 rope scaling from a GGUF (llama.cpp can): lend it the config
+        gmodel, gtok = load_gguf(path, config=ref_config if _llama3_rope(ref_config) else None)
         gmodel.to(dev)
         g_logits = _logits(gmodel, ids)
         diff = max(float((a - b).abs().max()) for a, b in zip(ref_logits, g_logits))
@@ -184,8 +197,10 @@ def check(p: Params, merged_dir: str | Path, ggufs: dict[str, Path], n_prompts: 
                                 f"(export.check_min_agreement {e.check_min_agreement:.0%})")
         r["passed"] = not any(f.startswith(f"{qtype}:") or f.startswith(f"{qtype} via") for f in failures)
         report["types"][qtype] = r
+        lcs = (f"; llama.cpp verdicts {r['llama_cpp']['verdict_agreement']:.0%}, texts "
+               f"{r['llama_cpp']['text_agreement']:.0%}" if isinstance(r["llama_cpp"], dict) else "; llama.cpp skipped")
         print(f"[export] round trip {qtype}: max |delta logit| {diff:.4g}, argmax {argmax:.1%}, verdicts "
-              f"{r['verdict_agreement']:.0%}, texts {r['text_agreement']:.0%} -> "
+              f"{r['verdict_agreement']:.0%}, texts {r['text_agreement']:.0%}{lcs} -> "
               f"{'ok' if r['passed'] else 'FAILED'}", file=sys.stderr, flush=True)
     report["passed"] = not failures
     if failures:

@@ -42,6 +42,9 @@ def test_repro_writes_metrics_adapter_and_model(tiny_repo):
     assert (repo / "models/adapter/adapter_config.json").exists()
     assert (repo / "models/merged/model.safetensors").exists() and (repo / "models/merged/README.md").exists()
     assert "0.57" in (repo / "models/merged/README.md").read_text()
+    # export's GGUF files passed their round trip; the Modelfile loads the Q8_0 one
+    assert json.loads((repo / "metrics/export.json").read_text())["gguf"]["roundtrip"]["passed"]
+    assert "FROM ./guardrsft-Q8_0.gguf" in (repo / "models/gguf/Modelfile").read_text()
     # the stages logged to the default MLflow store (sqlite at the repo root)
     from mlflow.tracking import MlflowClient
 

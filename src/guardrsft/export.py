@@ -160,7 +160,8 @@ def model_card(p: Params, eval_metrics: Optional[dict], report: Optional[dict] =
             lines.append(f"| {f['file']} | {f['bytes'] / 2**20:.0f} MB | {r.get('max_logit_diff', 'n/a')} | "
                          f"{r.get('verdict_agreement', 'n/a')} |")
         lines += ["", f"Checked against the merged model on {rt['prompts']} probe prompts (transformers "
-                      "`gguf_file=`)." if isinstance(rt, dict) else f"Round trip: {rt}.", ""]
+                      f"`gguf_file=`); the merged model itself gave a verdict on {rt['reference_parse_rate']:.0%} "
+                      "of them." if isinstance(rt, dict) else f"Round trip: {rt}.", ""]
     lines += ["## Intended use and limits", "",
               "A moderation aid that explains its verdicts, for triage with a human in the loop; not a sole "
               "decision maker. Trained on a small, English-only sample set with template or teacher-written "

@@ -34,6 +34,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         model="embedded:smollm2-135m-instruct", device="cpu", dtype="float32", load_in_4bit=False,
         batch_size=4, grad_accum=1, max_length=384, attn_impl="sdpa", gradient_checkpointing=False,
         max_steps=16, eval_max_samples=8, eval_batch_size=16, max_new_tokens=96, padding_free=False,
+        # HS-DPO off by default on 2 cores (k samples per item); the tiny test turns it on
+        hsdpo_enabled=False, hsdpo_max_items=8, hsdpo_max_steps=4,
     ),
     "t4": dict(
         # unsloth's pre-quantized copy of the same weights, as the notebook used
@@ -42,6 +44,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         max_steps=-1, eval_max_samples=None, eval_batch_size=32, max_new_tokens=512,
         # T4: no bf16 and no FlashAttention; SDPA with padded batches is the safe path
         padding_free=False,
+        hsdpo_enabled=True, hsdpo_max_items=None, hsdpo_max_steps=-1,
     ),
     "a100": dict(
         model="meta-llama/Llama-3.1-8B-Instruct", device="cuda", dtype="bfloat16", load_in_4bit=False,
@@ -49,6 +52,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         max_steps=-1, eval_max_samples=None, eval_batch_size=64, max_new_tokens=512,
         # each batch flattened into one row (no pad compute), attention kept per example via position_ids
         padding_free=True,
+        hsdpo_enabled=True, hsdpo_max_items=None, hsdpo_max_steps=-1,
     ),
 }
 
@@ -71,6 +75,9 @@ class PrepareParams:
 @dataclass
 class OpenAITeacherParams:
     base_url: Optional[str] = None  # null: OpenAI; or a vLLM / Ollama / llama.cpp server's /v1
+    # several OpenAI-compatible servers serving the same model (e.g. one vLLM per GPU): requests
+    # are spread over them with `concurrency` in flight per server; non-empty: base_url unused
+    base_urls: list = field(default_factory=list)
     model: str = "gpt-4o-mini"
     api_key_env: str = "OPENAI_API_KEY"  # the key itself is only ever read from the environment
     give_gold_label: bool = True  # rationalization, as GuardReasoner's synthesis did
@@ -121,6 +128,9 @@ class TrainParams:
     gradient_checkpointing: Optional[bool] = None
     liger: Optional[bool] = None  # null: on when CUDA and liger-kernel are there; true: required
     torch_compile: bool = False
+    # several GPUs: `accelerate launch` with configs/accelerate/<distributed>.yaml (docs/SCALE.md)
+    distributed: str = "none"  # none | ddp | fsdp | deepspeed_zero3
+    num_processes: Optional[int] = None  # null: every visible GPU (distributed != none)
 
 
 @dataclass
@@ -146,8 +156,27 @@ class EvaluateParams:
     max_samples: Optional[int] = None  # null: preset; 0: whole test split
     batch_size: Optional[int] = None
     max_new_tokens: Optional[int] = None
+    processes: Optional[int] = None  # items sharded over this many processes (null: one per visible GPU)
     benchmarks: list = field(default_factory=list)  # names from benchmark_sets to evaluate too
     benchmark_sets: dict[str, BenchmarkParams] = field(default_factory=dict)
+
+
+@dataclass
+class HsdpoParams:
+    """Hard-sample DPO after R-SFT (GuardReasoner's second stage; docs/HSDPO.md)."""
+    enabled: Optional[bool] = None  # null: preset (t4, a100: on; cpu: off)
+    k: int = 4  # sampled answers per (training item, policy)
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_new_tokens: Optional[int] = None  # null: evaluate's (preset)
+    max_items: Optional[int] = None  # training items mined (null: preset; 0: all)
+    weighting: str = "hardness"  # hardness: pair weight from the share of wrong samples | uniform
+    beta: float = 0.1
+    lr: float = 5.0e-6
+    epochs: float = 1.0
+    max_steps: Optional[int] = None  # null: preset; -1: epochs
+    batch_size: Optional[int] = None  # null: train's (preset)
+    grad_accum: Optional[int] = None
 
 
 @dataclass
@@ -188,6 +217,7 @@ class Params:
     traces: TracesParams
     train: TrainParams
     evaluate: EvaluateParams
+    hsdpo: HsdpoParams
     export: ExportParams
     baseline: BaselineParams
     mlflow: MlflowParams
@@ -242,12 +272,26 @@ class Params:
     def max_new_tokens(self) -> int:
         return self._pick(self.evaluate.max_new_tokens, "max_new_tokens")
 
+    @property
+    def hsdpo_enabled(self) -> bool:
+        return self._pick(self.hsdpo.enabled, "hsdpo_enabled")
+
+    @property
+    def hsdpo_max_items(self) -> Optional[int]:
+        n = self._pick(self.hsdpo.max_items, "hsdpo_max_items")
+        return None if not n else n
+
+    @property
+    def hsdpo_max_steps(self) -> int:
+        return self._pick(self.hsdpo.max_steps, "hsdpo_max_steps")
+
     def resolved(self) -> dict:
         """Flat dict of every effective value (logged to MLflow and metrics)."""
         out = flatten(dataclasses.asdict(self))
         out.pop("source", None)
         for k in ("model", "batch_size", "grad_accum", "max_length", "max_steps", "padding_free",
-                  "gradient_checkpointing", "eval_max_samples", "eval_batch_size", "max_new_tokens"):
+                  "gradient_checkpointing", "eval_max_samples", "eval_batch_size", "max_new_tokens",
+                  "hsdpo_enabled", "hsdpo_max_items", "hsdpo_max_steps"):
             out[f"resolved.{k}"] = getattr(self, k)
         for k in ("device", "dtype", "load_in_4bit", "attn_impl"):
             out[f"resolved.{k}"] = self.hw[k]
@@ -393,7 +437,28 @@ def _check_ranges(p: Params) -> None:
     need(t.logging_steps > 0 and t.save_steps > 0, "train.logging_steps/save_steps", "must be > 0")
     need(bool(t.target_modules) and all(isinstance(m, str) for m in t.target_modules),
          "train.target_modules", "must be a non-empty list of module names")
+    need(t.distributed in ("none", "ddp", "fsdp", "deepspeed_zero3"), "train.distributed",
+         f"must be none, ddp, fsdp or deepspeed_zero3 (got {t.distributed!r})")
+    need(t.num_processes is None or t.num_processes > 0, "train.num_processes", "must be null (every GPU) or > 0")
+    need(all(isinstance(u, str) and u.startswith(("http://", "https://")) for u in o.base_urls),
+         "traces.openai.base_urls", "must be a list of http(s) URLs, e.g. [http://127.0.0.1:8000/v1]")
+    h = p.hsdpo
+    need(h.k >= 2, "hsdpo.k", "must be >= 2 (hardness needs samples that can disagree)")
+    need(0 < h.temperature <= 2, "hsdpo.temperature", "must be in (0, 2] (sampling; 0 would repeat one answer)")
+    need(0 < h.top_p <= 1, "hsdpo.top_p", "must be in (0, 1]")
+    need(h.max_new_tokens is None or h.max_new_tokens > 0, "hsdpo.max_new_tokens", "must be null or > 0")
+    need(h.max_items is None or h.max_items >= 0, "hsdpo.max_items", "must be null (preset), 0 (all) or > 0")
+    need(h.weighting in ("hardness", "uniform"), "hsdpo.weighting", "must be hardness or uniform")
+    need(h.beta > 0, "hsdpo.beta", "must be > 0")
+    need(0 < h.lr < 1, "hsdpo.lr", "must be in (0, 1)")
+    need(h.epochs > 0, "hsdpo.epochs", "must be > 0")
+    need(h.max_steps is None or h.max_steps == -1 or h.max_steps > 0, "hsdpo.max_steps",
+         "must be null (preset), -1 (use epochs) or > 0")
+    for k in ("batch_size", "grad_accum"):
+        v = getattr(h, k)
+        need(v is None or v > 0, f"hsdpo.{k}", "must be null or > 0")
     e = p.evaluate
+    need(e.processes is None or e.processes > 0, "evaluate.processes", "must be null (one per GPU) or > 0")
     need(e.max_samples is None or e.max_samples >= 0, "evaluate.max_samples", "must be null, 0 (all) or > 0")
     need(e.batch_size is None or e.batch_size > 0, "evaluate.batch_size", "must be null or > 0")
     need(e.max_new_tokens is None or e.max_new_tokens > 0, "evaluate.max_new_tokens", "must be null or > 0")

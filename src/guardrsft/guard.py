@@ -13,6 +13,12 @@ model's completion only, never from the prompt, so content that itself says
 Generation: (item, policy) prompts grouped by item, items sorted by prompt length, left
 padding, greedy, and a row stops as soon as its `Classification:` line is complete.
 
+Sampling (hard-sample mining, docs/HSDPO.md): `guard.sample(items, k, temperature, top_p, seed)`
+draws k answers per (item, policy) on the plain transformers path (CPU or GPU). Each answer
+has its own random generator, seeded from its cache key (which holds the seed and the sample
+index), so an answer does not depend on which other prompts share its batch: a resumed run
+draws the same answers as an uninterrupted one.
+
 Resume: with `cache_path`, every finished batch is appended (fsynced) to a JSONL keyed by
 (model, prompt, content, policy, decoding) *before* `on_batch` sees it. A killed run, rerun
 with the same cache_path, regenerates none of those answers (`last_stats["cached_pairs"]`
@@ -36,6 +42,10 @@ from .prompts import messages, parse_verdict, reasoning_of, verdict_complete
 # Greedy decoding and the stop rule (prompts.verdict_complete): an answer cut by an older rule
 # ("Classification: SAFE o" under v1) is not reused.
 DECODING = "greedy/stop-at-verdict-line-v2"
+
+# Sampled answers: temperature, then top-p (nucleus), drawn per row from the row's own
+# generator (RowSampler); part of each sample's cache key.
+SAMPLING = "sample/temperature-top_p/row-generator-v1"
 
 # How an exchange is shown to the per-policy prompt's {content}. Part of the cache key
 # through the rendered text; changing it re-generates.
@@ -122,15 +132,20 @@ class Guard:
         enc = lambda s, **kw: self.tok(s, add_special_tokens=False, **kw)["input_ids"]  # noqa: E731
         return enc(head) + enc(text, split_special_tokens=True) + enc(tail)
 
-    def _generate(self, prompts: list[list[int]],
-                  stream: Optional[Callable[[str], None]] = None) -> tuple[list[str], list[int]]:
-        """Backend hook: greedy completions (new text only) and new-token counts, one per prompt."""
-        if self.backend == "static" and stream is None:
+    def _sample_key(self, text: str, policy: str, temperature: float, top_p: float, seed: int, j: int) -> str:
+        blob = json.dumps([self._key(text, policy), SAMPLING, float(temperature), float(top_p), int(seed), int(j)])
+        return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+    def _generate(self, prompts: list[list[int]], stream: Optional[Callable[[str], None]] = None,
+                  sampling: Optional[tuple[list[int], float, float]] = None) -> tuple[list[str], list[int]]:
+        """Backend hook: greedy completions (new text only) and new-token counts, one per prompt.
+        sampling = (one seed per prompt, temperature, top_p) draws instead (plain path only)."""
+        if self.backend == "static" and stream is None and sampling is None:
             from .fastgen import generate_static
 
             return generate_static(self.model, self.tok, prompts, self.max_new_tokens, rows=self.batch_size)
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
         tok = self.tok
         width = max(len(x) for x in prompts)
@@ -148,10 +163,12 @@ class Guard:
                     stream(new[0])
                 return torch.tensor([verdict_complete(t) for t in new], device=input_ids.device)
 
+        # sampling runs as greedy over logits that RowSampler reduced to its one drawn token
+        procs = LogitsProcessorList([row_sampler(*sampling, device=dev)]) if sampling else None
         with torch.inference_mode():
             out = self.model.generate(
                 input_ids=ids, attention_mask=mask, max_new_tokens=self.max_new_tokens, do_sample=False,
-                temperature=None, top_p=None, top_k=None, pad_token_id=pad,
+                temperature=None, top_p=None, top_k=None, pad_token_id=pad, logits_processor=procs,
                 stopping_criteria=StoppingCriteriaList([VerdictStop()]))
         gen = out[:, width:]
         # finished rows are filled with pad (= eos for many models): count the rest
@@ -246,6 +263,92 @@ class Guard:
             "items_per_second": round(len(items) / wall, 4) if wall and todo else None,
         }
         return results
+
+
+    def sample(self, items: list[dict], k: int, temperature: float, top_p: float, seed: int,
+               policies: Optional[list[str]] = None, progress: bool = False) -> list[dict]:
+        """k sampled answers per (item, policy); one result per item, in order:
+        {"content", "response", "samples": {policy: [{"index": j, "raw", "verdict", "is_parse_error",
+        "reasoning", "new_tokens"} for j in range(k)]}}.
+
+        Cached and resumable like classify: each answer is keyed by the classify key plus
+        (SAMPLING, temperature, top_p, seed, j) and appended to `cache_path` after its batch."""
+        if k < 1 or not 0 < temperature or not 0 < top_p <= 1:
+            raise ValueError(f"sample: need k >= 1, temperature > 0 and 0 < top_p <= 1 (got {k}, {temperature}, {top_p})")
+        policies = list(policies or self.p.policies)
+        unknown = [q for q in policies if q not in self.p.policies]
+        if unknown:
+            raise ValueError(f"unknown policy {unknown[0]!r}; known: {', '.join(self.p.policies)}")
+        check_items(items)
+        t_start = time.time()
+        texts = [render_content(it) for it in items]
+        keys = {(i, q, j): self._sample_key(texts[i], q, temperature, top_p, seed, j)
+                for i in range(len(items)) for q in policies for j in range(k)}
+        todo, seen = [], set()  # (item index, policy, key): each missing answer once
+        for (i, q, j), key in keys.items():
+            if key not in self.cache and key not in seen:
+                seen.add(key)
+                todo.append((i, q, key))
+        ids = {key: self._prompt_ids(texts[i], q) for i, q, key in todo}
+        todo.sort(key=lambda t: (len(ids[t[2]]), t[0]))
+        cached = len(keys) - len(todo)
+        gen_seconds, new_tokens = 0.0, 0
+        for b in range(0, len(todo), self.batch_size):
+            chunk = todo[b:b + self.batch_size]
+            seeds = [int(key[:15], 16) for _, _, key in chunk]
+            t0 = time.time()
+            outs, counts = self._generate([ids[key] for _, _, key in chunk],
+                                          sampling=(seeds, float(temperature), float(top_p)))
+            dt = time.time() - t0
+            gen_seconds += dt
+            new_tokens += sum(counts)
+            rows = [{"key": key, "raw": t, "seconds": round(dt / len(chunk), 4), "new_tokens": n}
+                    for (_, _, key), t, n in zip(chunk, outs, counts)]
+            for r in rows:
+                self.cache[r["key"]] = r
+            if self.cache_path:
+                append_jsonl(self.cache_path, rows)
+            if progress:
+                print(f"  [sample] {b + len(chunk)}/{len(todo)} new answers ({cached} of {len(keys)} from the cache)",
+                      file=sys.stderr, flush=True)
+        results = []
+        for i, it in enumerate(items):
+            per = {}
+            for q in policies:
+                per[q] = []
+                for j in range(k):
+                    row = self.cache[keys[(i, q, j)]]
+                    v = parse_verdict(row["raw"])
+                    per[q].append({"index": j, "raw": row["raw"], "verdict": v, "is_parse_error": v is None,
+                                   "reasoning": reasoning_of(row["raw"]), "new_tokens": row.get("new_tokens", 0)})
+            results.append({"content": it["content"], "response": it.get("response"), "samples": per})
+        self.last_stats = {"items": len(items), "answers": len(keys), "cached_answers": cached,
+                           "generated_answers": len(todo), "generate_seconds": round(gen_seconds, 3),
+                           "wall_seconds": round(time.time() - t_start, 3), "new_tokens": new_tokens}
+        return results
+
+
+def row_sampler(seeds: list[int], temperature: float, top_p: float, device=None):
+    """A logits processor that draws each row's next token from that row's own generator
+    (temperature, then top-p) and leaves only that token possible, so greedy decoding takes it.
+    Row i's draws depend on seeds[i] and its own logits only, never on the other rows."""
+    import torch
+    from transformers import LogitsProcessor
+
+    gens = [torch.Generator(device=device or "cpu").manual_seed(s) for s in seeds]
+
+    class RowSampler(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            probs = torch.softmax(scores.float() / temperature, dim=-1)
+            if top_p < 1:
+                sp, si = probs.sort(dim=-1, descending=True)
+                # keep the smallest prefix whose mass reaches top_p (the token crossing it included)
+                sp = sp.masked_fill(sp.cumsum(-1) - sp >= top_p, 0.0)
+                probs = torch.zeros_like(probs).scatter(-1, si, sp)
+            picks = torch.cat([torch.multinomial(probs[r], 1, generator=g) for r, g in enumerate(gens)])
+            return torch.full_like(scores, float("-inf")).scatter(-1, picks[:, None], 0.0)
+
+    return RowSampler()
 
 
 def load_guard(base: str, adapter: Optional[str] = None, params: Optional[Params] = None,

@@ -164,3 +164,75 @@ def export(p: Params, adapter: str, out_dir: str, eval_metrics: str | None = Non
                 ml.log_artifact(str(Path(path) / "README.md"))
     print(f"[export] merged model -> {path}", file=sys.stderr)
     return path
+
+
+# ---------------------------------------------------------------- hard-sample DPO (docs/HSDPO.md)
+def mine_hard_samples(p: Params, traces_path: str, adapter: str, out_dir: str, metrics_out: str,
+                      *eval_paths: str) -> dict:
+    from . import hsdpo
+
+    if not p.hsdpo_enabled:  # DVC has no conditional stages: say so in every output, load nothing
+        return hsdpo.disabled(p, metrics_out, str(Path(out_dir) / "pairs.jsonl"), str(Path(out_dir) / "items.jsonl"))
+    with stage_run(p, "mine_hard_samples") as ml:
+        m = hsdpo.mine(p, traces_path, out_dir, metrics_out, adapter=adapter, eval_paths=eval_paths)
+        log_flat_metrics(ml, m, prefix="hard_samples.")
+        log_summary({k: m[k] for k in ("pairs", "hard", "all_wrong", "sample_accuracy")}, prefix="hard_samples.")
+    print(f"[mine_hard_samples] {m['item_policies']} (item, policy) x {m['k']} samples: {m['hard']} hard, "
+          f"{m['all_correct']} all correct, {m['all_wrong']} all wrong -> {m['pairs']} pairs in {out_dir}",
+          file=sys.stderr)
+    return m
+
+
+def train_hsdpo(p: Params, pairs_path: str, adapter_in: str, adapter_out: str, metrics_out: str,
+                plot_out: str) -> dict:
+    from . import hsdpo
+
+    png = Path(plot_out).with_suffix(".png")
+    if not p.hsdpo_enabled:
+        m = hsdpo.disabled(p, metrics_out, plot_out, dirs=[adapter_out])
+        hsdpo.loss_png(plot_out, png)
+        return m
+    with stage_run(p, "train_hsdpo") as ml:
+        res = hsdpo.train_dpo(p, pairs_path, adapter_in, adapter_out, metrics_out, plot_out)
+        hsdpo.loss_png(plot_out, png)
+        if ml is not None:
+            log_history(ml, [{**h, "hsdpo_loss": h["loss"]} for h in res["history"]],
+                        keys=("hsdpo_loss", "rewards/margins", "rewards/accuracies"))
+            log_flat_metrics(ml, res["metrics"], prefix="hsdpo.")
+            log_summary({k: res["metrics"][k] for k in ("pairs", "steps") if k in res["metrics"]}, prefix="hsdpo.")
+            ml.log_artifact(metrics_out)
+            log_parent_artifacts(png, "plots")
+            if p.mlflow.log_adapter:
+                log_parent_artifacts(adapter_out, "adapter_hsdpo")
+    m = res["metrics"]
+    print(f"[train_hsdpo] {m['pairs']} pairs, {m['steps']} steps, loss {m.get('first_loss')} -> "
+          f"{m.get('final_loss')} -> {adapter_out}", file=sys.stderr)
+    return m
+
+
+def evaluate_hsdpo(p: Params, test_path: str, adapter: str, rsft_metrics: str, metrics_out: str,
+                   predictions_dir: str, plots_dir: str) -> dict:
+    """evaluate() on the HS-DPO adapter (its `finetuned` numbers), plus R-SFT's headline numbers
+    from rsft_metrics and `delta_vs_rsft` (HS-DPO minus R-SFT, same items and decoding)."""
+    import json
+
+    from . import hsdpo
+    from .evaluate import HEADLINE, evaluate as run_eval
+
+    if not p.hsdpo_enabled:
+        return hsdpo.disabled(p, metrics_out, dirs=[predictions_dir, plots_dir])
+    with stage_run(p, "evaluate_hsdpo") as ml:
+        m = run_eval(p, test_path, adapter, metrics_out, str(Path(predictions_dir) / "test.jsonl"), plots_dir)
+        rsft = json.loads(Path(rsft_metrics).read_text())
+        m = {"enabled": True, **m, "rsft": {k: rsft.get(k) for k in HEADLINE}, "delta_vs_rsft": hsdpo.rsft_delta(m, rsft)}
+        write_json(metrics_out, m)
+        plots.render_eval(plots_dir)
+        if ml is not None:
+            log_flat_metrics(ml, {k: v for k, v in m.items() if k not in ("finetuned", "baseline")}, prefix="eval_hsdpo.")
+            ml.log_artifact(metrics_out)
+            log_summary({**{k: m[k] for k in HEADLINE}, "delta_vs_rsft": m["delta_vs_rsft"]["test"]},
+                        prefix="eval_hsdpo.")
+    d = m["delta_vs_rsft"]["test"]
+    print(f"[evaluate_hsdpo] exact match {m['exact_match']:.3f} (R-SFT {m['rsft']['exact_match']}, delta "
+          f"{d['exact_match']}); harmful F1 {m['harmful_f1']:.3f} (delta {d['harmful_f1']})", file=sys.stderr)
+    return m

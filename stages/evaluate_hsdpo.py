@@ -1,0 +1,13 @@
+"""The HS-DPO adapter evaluated like the R-SFT one (same code, items and decoding), with its
+delta vs R-SFT (read from R-SFT's metrics JSON). With hsdpo off, writes `enabled: false`.
+
+Tested with: python stages/evaluate_hsdpo.py data/prepared/test.jsonl models/adapter_hsdpo metrics/eval.json metrics/eval_hsdpo.json data/predictions/hsdpo metrics/plots/eval_hsdpo
+"""
+import sys
+
+from guardrsft.config import load_params
+from guardrsft.errors import run_stage
+from guardrsft.pipeline import evaluate_hsdpo
+
+if __name__ == "__main__":
+    run_stage(lambda: evaluate_hsdpo(load_params("params.yaml"), *sys.argv[1:7]))

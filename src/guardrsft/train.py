@@ -193,57 +193,129 @@ def oom_advice(p: Params) -> str:
             f"or a smaller train.lora_r ({p.train.lora_r}).")
 
 
-class Throughput:
-    """Trainer callback: the notebook's log line plus tokens/s and MFU, on the console and in logs."""
+def global_sum(n: int) -> int:
+    """n summed over every rank (n itself in a single process). Collective: call it on every rank."""
+    import torch
+    import torch.distributed as dist
 
-    def __new__(cls, batch: int, grad_accum: int, n_params: int, counter: "MaskCheckCollator"):
-        from transformers import TrainerCallback
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return n
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([n], dtype=torch.long, device=dev)
+    dist.all_reduce(t)
+    return int(t.item())
 
-        class _CB(TrainerCallback):
-            def on_train_begin(self, args, state, control, **kw):
-                self.t0, self.step0, self.tok0 = time.time(), state.global_step, None
 
-            def on_log(self, args, state, control, logs=None, **kw):
-                if not logs or "loss" not in logs:
-                    return
-                dt = max(time.time() - self.t0, 1e-9)
-                sps = (state.global_step - self.step0) * batch / dt
-                logs["samples_per_second_running"] = round(sps, 3)
-                extra = ""
-                done = sum(counter.batch_tokens[:(state.global_step - self.step0) * grad_accum])
-                if self.tok0 is None:  # the first log comes after step 1 (warm-up): time from there on
-                    self.tok0, self.t1 = done, time.time()
-                run = time.time() - self.t1
-                if run > 0 and done > self.tok0:
-                    tps = (done - self.tok0) / run
-                    logs["tokens_per_second_running"] = round(tps, 1)
-                    u = mfu(tps, n_params)
-                    extra = f" | {tps:,.0f} tok/s" + (f" | MFU {100 * u:.1f}%" if u else "")
-                    if u:
-                        logs["mfu_running"] = round(u, 4)
-                # Trainer appended a copy of `logs` before calling us: keep the history in step
-                if state.log_history and state.log_history[-1].get("step") == state.global_step:
-                    state.log_history[-1].update({k: v for k, v in logs.items() if k.endswith("_running")})
+def throughput_callback(batch: int, grad_accum: int, n_params: int, counter: "MaskCheckCollator",
+                        world: int = 1):
+    """Trainer callback: the notebook's log line plus tokens/s and MFU, on the console and in logs.
+
+    batch: examples per optimizer step over all processes (the global batch); grad_accum: this
+    process's micro-batches per step. Tokens are this process's running total (advanced by the
+    micro-batches consumed since the last log, not re-summed), summed over the ranks at each log
+    (every rank logs at the same steps); MFU is per GPU (tokens/s / world)."""
+    from transformers import TrainerCallback
+
+    class Throughput(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            self.t0, self.step0, self.tok0 = time.time(), state.global_step, None
+            self.used, self.local = 0, 0  # micro-batches of counter.batch_tokens counted, their tokens
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not logs or "loss" not in logs:
+                return
+            dt = max(time.time() - self.t0, 1e-9)
+            sps = (state.global_step - self.step0) * batch / dt
+            logs["samples_per_second_running"] = round(sps, 3)
+            extra = ""
+            # the dataloader collates one batch ahead: count only the consumed micro-batches
+            upto = min((state.global_step - self.step0) * grad_accum, len(counter.batch_tokens))
+            self.local += sum(counter.batch_tokens[self.used:upto])
+            self.used = upto
+            done = global_sum(self.local)
+            if self.tok0 is None:  # the first log comes after step 1 (warm-up): time from there on
+                self.tok0, self.t1 = done, time.time()
+            run = time.time() - self.t1
+            if run > 0 and done > self.tok0:
+                tps = (done - self.tok0) / run
+                logs["tokens_per_second_running"] = round(tps, 1)
+                u = mfu(tps / world, n_params)
+                extra = f" | {tps:,.0f} tok/s" + (f" | MFU {100 * u:.1f}%" if u else "")
+                if u:
+                    logs["mfu_running"] = round(u, 4)
+            # Trainer appended a copy of `logs` before calling us: keep the history in step
+            if state.log_history and state.log_history[-1].get("step") == state.global_step:
+                state.log_history[-1].update({k: v for k, v in logs.items() if k.endswith("_running")})
+            if state.is_world_process_zero:
                 print(f"  step {state.global_step}/{state.max_steps} | loss {logs['loss']:.4f} | "
                       f"lr {logs.get('learning_rate', 0):.2e} | {sps:.2f} samples/s{extra} | "
                       f"peak mem {peak_memory_gb():.2f} GB", file=sys.stderr, flush=True)
 
-        return _CB()
+    return Throughput()
+
+
+def last_checkpoint(ckpt: Path) -> str | None:
+    """The newest *complete* checkpoint: Trainer writes trainer_state.json last, so a folder
+    without it was cut short by a kill (transformers' get_last_checkpoint would pick it)."""
+    import re
+
+    done = [d for d in ckpt.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", d.name)
+            and (d / "trainer_state.json").exists()] if ckpt.exists() else []
+    return str(max(done, key=lambda d: int(d.name.split("-")[1]))) if done else None
+
+
+def _save_adapter(trainer, tok, p: Params, adapter_out: str, sharded: bool) -> None:
+    """The adapter folder, written by rank 0 only (atomically). FSDP / ZeRO-3 hold the weights in
+    shards: every rank takes part in gathering them (trainer.save_model) into a fixed staging
+    folder, which rank 0 then completes and moves into place."""
+    from . import distributed as dist
+
+    meta = json.dumps({"base_model": p.model, "preset": p.preset}, indent=2)
+    if not sharded:
+        if dist.is_main():
+            with atomic_dir(adapter_out) as tmp:
+                trainer.model.save_pretrained(tmp)
+                tok.save_pretrained(tmp)
+                (tmp / "guardrsft.json").write_text(meta)
+        return
+    staging = Path(adapter_out).with_name(f".{Path(adapter_out).name}.staging")
+    if dist.is_main():
+        shutil.rmtree(staging, ignore_errors=True)
+    dist.barrier()
+    trainer.save_model(str(staging))  # collective gather; Trainer writes on rank 0 only
+    dist.barrier()
+    if dist.is_main():
+        with atomic_dir(adapter_out) as tmp:
+            for f in staging.iterdir():
+                if f.name != "training_args.bin":
+                    shutil.move(str(f), tmp / f.name)
+            tok.save_pretrained(tmp)
+            (tmp / "guardrsft.json").write_text(meta)
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def train(p: Params, traces_path: str, adapter_out: str, metrics_out: str, plot_out: str) -> dict:
+    """Train and write the adapter, metrics and loss CSV. Under `accelerate launch` every rank
+    calls this; only rank 0 writes (the others return the same metrics dict after a barrier)."""
+    from . import distributed as dist
+
     check_device(p.hw["device"], p.preset)
+    world, main = dist.world_size(), dist.is_main()
+    if p.train.distributed != "none" and not dist.launched():
+        print(f"[train] train.distributed is {p.train.distributed}, but this process was not started by "
+              "`accelerate launch`: training in one process (run stages/train_rsft.py, which launches it)",
+              file=sys.stderr, flush=True)
     traces = read_jsonl(traces_path)
     if not traces:
         raise TrainError(f"{traces_path}: no traces. Run the generate_traces stage first (`dvc repro`).")
     data_hash = hashlib.sha256(Path(traces_path).read_bytes()).hexdigest()
     base = resolve_base(p.model)
+    plan = dist.plan(p, world)  # the global batch of the one-GPU run, split over the ranks
 
     import torch
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import set_seed
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
     set_seed(p.seed)
@@ -252,7 +324,7 @@ def train(p: Params, traces_path: str, adapter_out: str, metrics_out: str, plot_
     # An example cut at max_length loses its `Classification:` line and would teach the model to
     # stop mid-reasoning: such examples are excluded, counted and reported (never truncated).
     keep, skipped = fit_length(records, tok, p.max_length)
-    if skipped:
+    if skipped and main:
         print(f"[train] {skipped} of {len(records)} examples are longer than train.max_length={p.max_length} "
               f"tokens and are excluded (metrics: skipped_too_long); raise train.max_length to keep them",
               file=sys.stderr)
@@ -261,20 +333,31 @@ def train(p: Params, traces_path: str, adapter_out: str, metrics_out: str, plot_
                          "raise train.max_length or shorten prompt.template")
     ds = Dataset.from_list(keep)
 
-    ckpt = checkpoint_dir(p, data_hash)
-    hw = p.hw
-    cfg = sft_config(p, str(ckpt))
+    # world size in the key: a checkpoint's data order and RNG files belong to one process count
+    ckpt = checkpoint_dir(p, data_hash if world == 1 else f"{data_hash}:world{world}")
+    hw = train_hw(p)
+    sharded = p.train.distributed in ("fsdp", "deepspeed_zero3") and world > 1
+    extra = {}
+    if world > 1:
+        # every LoRA weight gets a gradient: DDP's unused-parameter search is pure overhead
+        extra = dict(gradient_accumulation_steps=plan["grad_accum"], ddp_find_unused_parameters=False)
+        if hw["device"] == "cuda":
+            torch.cuda.set_device(dist.local_rank())
+            # no device_map {"": 0}: Trainer/accelerate place (DDP) or shard (FSDP, ZeRO-3) the weights,
+            # and bitsandbytes puts a 4-bit model on the current device (this rank's GPU)
+            hw = dict(hw, device="cpu")
+    cfg = sft_config(p, str(ckpt), **extra)
     lora = LoraConfig(r=p.train.lora_r, lora_alpha=p.train.lora_alpha, lora_dropout=p.train.lora_dropout,
                       target_modules=list(p.train.target_modules), task_type="CAUSAL_LM", bias="none")
-    model = load_model(base, train_hw(p), for_training=True, gradient_checkpointing=p.gradient_checkpointing)
+    model = load_model(base, hw, for_training=True, gradient_checkpointing=p.gradient_checkpointing)
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, peft_config=lora)
     fp32_adapter(trainer.model)
     n_params = base_param_count(trainer.model)
     trainer.data_collator = counter = MaskCheckCollator(trainer.data_collator)
-    trainer.add_callback(Throughput(p.batch_size * p.grad_accum, p.grad_accum, n_params, counter))
+    trainer.add_callback(throughput_callback(plan["global_batch"], plan["grad_accum"], n_params, counter, world))
 
-    last = get_last_checkpoint(str(ckpt)) if ckpt.exists() else None
-    if last:
+    last = last_checkpoint(ckpt)
+    if last and main:
         print(f"[train] resuming from {last}", file=sys.stderr, flush=True)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -285,32 +368,33 @@ def train(p: Params, traces_path: str, adapter_out: str, metrics_out: str, plot_
         raise TrainError(oom_advice(p)) from None
     wall = time.time() - t0
 
-    with atomic_dir(adapter_out) as tmp:
-        trainer.model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / "guardrsft.json").write_text(json.dumps({"base_model": p.model, "preset": p.preset}, indent=2))
+    _save_adapter(trainer, tok, p, adapter_out, sharded)
     hist = [h for h in trainer.state.log_history if "loss" in h]
-    # tokens (prompt + completion, no padding) this process trained, over its whole wall time
-    tokens = counter.tokens
+    # tokens (prompt + completion, no padding) trained by all processes, over the wall time
+    tokens = global_sum(counter.tokens)
     tps = tokens / max(wall, 1e-9)
-    util = mfu(tps, n_params)
+    util = mfu(tps / world, n_params)
     metrics = {
         "final_loss": hist[-1]["loss"] if hist else None,
         "train_loss": out.training_loss, "steps": trainer.state.global_step,
         "epochs": round(trainer.state.epoch or 0, 4), "examples": len(keep), "skipped_too_long": skipped,
-        "samples_per_second": round(trainer.state.global_step * p.batch_size * p.grad_accum / max(wall, 1e-9), 3),
+        "samples_per_second": round(trainer.state.global_step * plan["global_batch"] / max(wall, 1e-9), 3),
         "tokens": tokens, "tokens_per_second": round(tps, 1), "mfu": None if util is None else round(util, 4),
         "base_params": n_params, "train_seconds": round(wall, 1), "peak_memory_gb": round(peak_memory_gb(), 3),
         "padding_free": p.padding_free, "gradient_checkpointing": p.gradient_checkpointing,
         "liger": cfg.use_liger_kernel, "torch_compile": p.train.torch_compile,
-        "resumed": bool(last), "device": hw["device"], "base_model": p.model,
+        "resumed": bool(last), "device": p.hw["device"], "base_model": p.model,
+        "distributed": p.train.distributed if world > 1 else "none", "processes": world,
+        "global_batch": plan["global_batch"], "grad_accum_per_process": plan["grad_accum"],
     }
-    write_json(metrics_out, metrics)
-    write_text(plot_out, "step,loss,learning_rate,tokens_per_second\n" + "".join(
-        f"{h['step']},{h['loss']},{h.get('learning_rate', '')},{h.get('tokens_per_second_running', '')}\n"
-        for h in hist))
-    # finished: the adapter is the output now; a later forced rerun trains afresh
-    shutil.rmtree(ckpt, ignore_errors=True)
+    if main:
+        write_json(metrics_out, metrics)
+        write_text(plot_out, "step,loss,learning_rate,tokens_per_second\n" + "".join(
+            f"{h['step']},{h['loss']},{h.get('learning_rate', '')},{h.get('tokens_per_second_running', '')}\n"
+            for h in hist))
+        # finished: the adapter is the output now; a later forced rerun trains afresh
+        shutil.rmtree(ckpt, ignore_errors=True)
+    dist.barrier()  # the other ranks exit only once rank 0's outputs are in place
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return {"metrics": metrics, "history": hist}

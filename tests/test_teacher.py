@@ -1,5 +1,6 @@
 """The `openai` teacher against a real HTTP server on 127.0.0.1 (tests/openai_server.py),
 through the official `openai` client."""
+import dataclasses
 import json
 import os
 import re
@@ -266,3 +267,98 @@ def test_batch_resumes_across_processes(tmp_path, env, server):
     server.batch_polls_to_complete = 1
     m = run_traces(p, tmp_path, d)  # a new Teacher: reads the persisted batch id
     assert server.counts["batches_create"] == 1 and m["teacher"]["accepted"] == n
+
+
+# ------------------------------------------------------------------ several servers (base_urls)
+# tests/openai_server.py in its own process, with a responder that holds each request DELAY s
+# and records the most requests it had in flight at once (the server's view, not the client's);
+# DIE_AFTER=n: the process exits at its n-th request (a server that goes down mid-run).
+SERVER = '''
+import json, os, sys, threading, time
+sys.path.insert(0, sys.argv[1])
+from openai_server import FakeOpenAI, default_responder
+stats, lock = {"now": 0, "max": 0, "n": 0}, threading.Lock()
+def responder(body):
+    with lock:
+        stats["now"] += 1; stats["n"] += 1; stats["max"] = max(stats["max"], stats["now"])
+        tmp = sys.argv[2] + ".tmp"; open(tmp, "w").write(json.dumps(stats)); os.replace(tmp, sys.argv[2])
+        if stats["n"] == int(os.environ.get("DIE_AFTER", 0)):
+            os._exit(3)
+    time.sleep(float(os.environ.get("DELAY", "0.15")))
+    with lock:
+        stats["now"] -= 1
+    return default_responder(body)
+FakeOpenAI(api_key=sys.argv[3], responder=responder).serve_forever(0)
+'''
+
+
+def start_server(tmp_path, name, **env):
+    script = tmp_path / "srv.py"
+    script.write_text(SERVER)
+    stats = tmp_path / f"{name}.json"
+    proc = subprocess.Popen([sys.executable, str(script), str(ROOT / "tests"), str(stats), KEY],
+                            stdout=subprocess.PIPE, text=True, env=dict(os.environ, **env))
+    url = proc.stdout.readline().strip()
+    assert url.startswith("http://127.0.0.1:"), url
+    return proc, url, stats
+
+
+def stop(proc):
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=10)
+
+
+def multi_params(tmp_path, urls, **over):
+    p = teacher_params(tmp_path, "null", **over)
+    return dataclasses.replace(p, traces=dataclasses.replace(
+        p.traces, openai=dataclasses.replace(p.traces.openai, base_urls=urls)))
+
+
+def test_two_servers_share_the_load_within_concurrency(tmp_path, env, server, monkeypatch):
+    d, n = prepared(tmp_path, 10)
+    procs = [start_server(tmp_path, name) for name in ("a", "b")]
+    try:
+        p = multi_params(tmp_path, [u for _, u, _ in procs], concurrency=3)
+        m = run_traces(p, tmp_path, d)
+    finally:
+        for proc, _, _ in procs:
+            stop(proc)
+    seen = [json.loads(s.read_text()) for _, _, s in procs]
+    assert m["teacher"]["accepted"] == n and sum(s["n"] for s in seen) == n
+    assert all(s["n"] >= n // 3 for s in seen), seen  # both served a fair share
+    assert [s["max"] for s in seen] == [3, 3], seen  # concurrency per server: reached, never passed
+    servers = m["teacher"]["servers"]
+    assert [servers[u]["requests"] for _, u, _ in procs] == [s["n"] for s in seen]
+    # the same traces as from one server
+    rows = read_jsonl(tmp_path / "traces/train.jsonl")
+    one = tmp_path / "one"
+    one.mkdir()
+    monkeypatch.setenv("GUARDRSFT_CACHE", str(one / "cache"))
+    m1 = generate_traces(teacher_params(one, server.base_url), str(d), str(one / "traces"), str(one / "t.json"))
+    assert m1["teacher"]["accepted"] == n and read_jsonl(one / "traces/train.jsonl") == rows
+
+
+def test_server_down_at_start_and_mid_run(tmp_path, env):
+    d, n = prepared(tmp_path, 10)
+    a, url_a, stats_a = start_server(tmp_path, "a")
+    b, url_b, stats_b = start_server(tmp_path, "b")
+    stop(b)
+    try:
+        p = multi_params(tmp_path, [url_a, url_b], concurrency=2)
+        with pytest.raises(TeacherError, match=rf"cannot reach the teacher at {url_b} .*1 of 2 servers are up.*"
+                                               r"traces.openai.base_urls"):
+            run_traces(p, tmp_path, d)
+        # b comes back, then dies at its 3rd request: its items go to a, the run completes
+        b, url_b2, stats_b = start_server(tmp_path, "b", DIE_AFTER="3")
+        p = multi_params(tmp_path, [url_a, url_b2], concurrency=2)
+        m = run_traces(p, tmp_path, d)
+    finally:
+        stop(a)
+        stop(b)
+    t = m["teacher"]
+    assert t["accepted"] == n and t["rejected"] == 0
+    assert "down" in t["servers"][url_b2] and "down" not in t["servers"][url_a]
+    assert t["retries"]["failover"] >= 1
+    # b answered at most its first 2 requests (the 3rd killed it, maybe with one more in flight)
+    assert n - 2 <= json.loads(stats_a.read_text())["n"] <= n

@@ -85,6 +85,79 @@ def estimate_usd(o, prompt_tokens: int, completion_tokens: int) -> float:
     return (prompt_tokens * o.usd_per_1m_input + completion_tokens * o.usd_per_1m_output) / 1e6
 
 
+class Server:
+    def __init__(self, url: str, client):
+        self.url, self.client = url, client
+        self.in_flight, self.max_in_flight, self.requests, self.down = 0, 0, 0, None
+
+
+class Servers:
+    """Several OpenAI-compatible servers of one model (traces.openai.base_urls): each request
+    goes to the live server with the fewest requests in flight, never more than `concurrency`
+    on one server. A server that refuses connections mid-run is reported by URL and skipped;
+    the request (and later ones) go to the others. No live server left: the request fails,
+    and the run stops with its progress cached."""
+
+    def __init__(self, servers: list[Server], concurrency: int):
+        self.servers, self.concurrency = servers, concurrency
+        self.cond = threading.Condition()
+        self.turn = 0  # round robin among equally loaded servers
+
+    def live(self) -> list[Server]:
+        return [s for s in self.servers if s.down is None]
+
+    def acquire(self, avoid: Optional[Server] = None) -> Server:
+        with self.cond:
+            while True:
+                live = self.live()
+                if not live:
+                    raise ConnectionError("every teacher server is down: " + ", ".join(
+                        f"{s.url} ({s.down})" for s in self.servers))
+                pick = [s for s in live if s is not avoid] or live
+                free = [s for s in pick if s.in_flight < self.concurrency]
+                if free:
+                    n = len(self.servers)
+                    s = min(free, key=lambda x: (x.in_flight, (self.servers.index(x) - self.turn) % n))
+                    self.turn = (self.servers.index(s) + 1) % n
+                    s.in_flight += 1
+                    s.requests += 1
+                    s.max_in_flight = max(s.max_in_flight, s.in_flight)
+                    return s
+                self.cond.wait()
+
+    def release(self, s: Server) -> None:
+        with self.cond:
+            s.in_flight -= 1
+            self.cond.notify_all()
+
+    def connection_failed(self, s: Server, err: Exception) -> bool:
+        """True when the server is down (refuses connections); it then gets no more requests."""
+        if s.down is not None:
+            return True
+        u = urlparse(s.url)
+        try:
+            socket.create_connection((u.hostname, u.port or (443 if u.scheme == "https" else 80)), timeout=3).close()
+            return False  # reachable: a transient error, retried as before
+        except OSError as e:
+            with self.cond:
+                if s.down is None:
+                    s.down = e.strerror or str(e)
+                    left = [x.url for x in self.live()]
+                    log(f"teacher server {s.url} is down ({s.down}); its requests go to "
+                        f"{', '.join(left) if left else 'no other server (none is left)'}")
+                self.cond.notify_all()
+            return True
+
+
+def _reachable(url: str) -> Optional[str]:
+    u = urlparse(url)
+    try:
+        socket.create_connection((u.hostname, u.port or (443 if u.scheme == "https" else 80)), timeout=5).close()
+        return None
+    except OSError as e:
+        return str(e.strerror or e)
+
+
 class Teacher:
     def __init__(self, o, policies: dict[str, str], cache_path: Optional[Path] = None):
         self.o, self.policies = o, policies
@@ -118,44 +191,66 @@ class Teacher:
         return {"items": len(items), "cached": len(items) - len(todo), "requests": len(todo),
                 "prompt_tokens": pt, "completion_tokens": ct, "usd": round(estimate_usd(self.o, pt, ct), 4)}
 
+    def urls(self) -> list[str]:
+        return list(self.o.base_urls) or [self.o.base_url or "https://api.openai.com/v1"]
+
     def client(self):
+        """An OpenAI client for the first server (the Batch API uses one server)."""
+        return self.servers().servers[0].client
+
+    def servers(self) -> Servers:
+        """Clients for every server in traces.openai.base_urls (or base_url); each must be reachable."""
         key = os.environ.get(self.o.api_key_env)
         if not key:
             raise TeacherError(f"traces.teacher is `openai` but ${self.o.api_key_env} is not set. Export it "
                                f"(`export {self.o.api_key_env}=...`; a local server accepts any value), or set "
                                "`traces.teacher: template` in params.yaml for the offline teacher.")
-        base = self.o.base_url or "https://api.openai.com/v1"
-        u = urlparse(base)
-        try:
-            socket.create_connection((u.hostname, u.port or (443 if u.scheme == "https" else 80)), timeout=5).close()
-        except OSError as e:
-            raise TeacherError(f"cannot reach the teacher at {base} ({e.strerror or e}). Start the server, or fix "
-                               "`traces.openai.base_url` in params.yaml.") from None
+        urls = self.urls()
+        down = {u: why for u in urls if (why := _reachable(u))}
+        if down:
+            field = "traces.openai.base_urls" if self.o.base_urls else "traces.openai.base_url"
+            raise TeacherError(f"cannot reach the teacher at {', '.join(f'{u} ({w})' for u, w in down.items())}"
+                               f"{f' ({len(urls) - len(down)} of {len(urls)} servers are up)' if len(urls) > 1 else ''}"
+                               f". Start the server, or fix `{field}` in params.yaml.")
         from openai import OpenAI
 
         # retries are ours (they honor Retry-After and are counted), so the client's are off
-        return OpenAI(api_key=key, base_url=base, max_retries=0, timeout=self.o.timeout_s)
+        return Servers([Server(u, OpenAI(api_key=key, base_url=u, max_retries=0, timeout=self.o.timeout_s))
+                        for u in urls], self.o.concurrency)
 
     # ------------------------------------------------------------------ one item
-    def _call(self, client, it: Item):
+    def _call(self, servers: Servers, it: Item):
+        """One answer from the least-loaded live server: transient errors are retried up to
+        max_retries (honoring Retry-After); a request to a server found down moves to another
+        one at once (counted as retry `failover`, not against max_retries)."""
         import openai
 
         msgs = teacher_messages(self.o, it.policy, self.policies[it.policy], it.content, it.gold)
-        delay = 1.0
-        for retry in range(self.o.max_retries + 1):
+        delay, retry, avoid = 1.0, 0, None
+        while True:
+            try:
+                srv = servers.acquire(avoid)
+            except ConnectionError as e:
+                return e
             with self.lock:
                 self.stats["requests"] += 1
             try:
-                r = client.chat.completions.create(model=self.o.model, messages=msgs,
-                                                   temperature=self.o.temperature, max_tokens=self.o.max_tokens)
-                return r
+                return srv.client.chat.completions.create(model=self.o.model, messages=msgs,
+                                                          temperature=self.o.temperature, max_tokens=self.o.max_tokens)
             except (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
                     openai.APIConnectionError) as e:
-                kind = type(e).__name__
+                refused = isinstance(e, openai.APIConnectionError) and not isinstance(e, openai.APITimeoutError) \
+                    and servers.connection_failed(srv, e)
+                if refused and servers.live():
+                    with self.lock:
+                        self.stats["retry_failover"] += 1
+                    avoid = srv
+                    continue
                 with self.lock:
-                    self.stats[f"retry_{kind}"] += 1
+                    self.stats[f"retry_{type(e).__name__}"] += 1
                 if retry == self.o.max_retries:
                     return e
+                retry += 1
                 wait_s = delay
                 resp = getattr(e, "response", None)
                 if resp is not None and resp.headers.get("retry-after"):
@@ -167,12 +262,14 @@ class Teacher:
                 delay = min(delay * 2, 30.0)
             except openai.APIStatusError as e:  # 4xx other than 429: retrying will not help
                 return e
+            finally:
+                servers.release(srv)
 
-    def _one(self, client, it: Item) -> dict:
+    def _one(self, servers: Servers, it: Item) -> dict:
         usage = Counter()
         reasons = []
         for _ in range(self.o.max_attempts):
-            r = self._call(client, it)
+            r = self._call(servers, it)
             if isinstance(r, Exception):
                 # transient or server-side: not a verdict on the item, so never cached as rejected
                 return {"key": it.key, "status": "error", "reason": f"{type(r).__name__}: {r}"[:300],
@@ -198,15 +295,17 @@ class Teacher:
         spent = sum(self._usd(r.get("usage") or {}) for r in self.cache.values())
         self.stats["usd_before"] = round(spent, 6)
         if todo:
-            client = self.client()
+            servers = self.servers()
+            # `concurrency` per server; Servers.acquire keeps each server at or under it
+            slots = self.o.concurrency * len(servers.servers)
             t0 = time.time()
             # the most one item can cost: bounded prompt + max_tokens answers, every attempt
             worst = estimate_usd(self.o, 2000, self.o.max_tokens) * self.o.max_attempts
             stop, errors = None, []
-            with ThreadPoolExecutor(max_workers=self.o.concurrency) as pool:
+            with ThreadPoolExecutor(max_workers=slots) as pool:
                 pending, queue = set(), list(todo)
                 while queue or pending:
-                    while queue and len(pending) < self.o.concurrency and stop is None:
+                    while queue and len(pending) < slots and stop is None:
                         if self.o.max_usd is not None and spent + (len(pending) + 1) * worst > self.o.max_usd:
                             stop = (f"traces.openai.max_usd={self.o.max_usd} would be passed (spent "
                                     f"${spent:.4f}); raise it to continue")
@@ -215,7 +314,7 @@ class Teacher:
                             stop = f"traces.openai.wall_time_s={self.o.wall_time_s} reached"
                             break
                         it = queue.pop(0)
-                        pending.add(pool.submit(self._one, client, it))
+                        pending.add(pool.submit(self._one, servers, it))
                     if not pending:
                         break
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -229,6 +328,9 @@ class Teacher:
                         spent += self._usd(r["usage"])
                     if stop is not None:
                         queue.clear()
+            if self.o.base_urls:  # per server: requests, most in flight at once, why it went down
+                self.stats["servers"] = {s.url: {"requests": s.requests, "max_in_flight": s.max_in_flight,
+                                                 **({"down": s.down} if s.down else {})} for s in servers.servers}
             if errors and stop is None:
                 stop = (f"{len(errors)} requests still failed after {self.o.max_retries} retries (last: "
                         f"{errors[-1]['reason']})")
@@ -250,7 +352,7 @@ def summarize(stats: Counter, results: dict[str, dict]) -> dict:
             "rejected": sum(rejected.values()), "rejected_by_reason": dict(rejected),
             "retries": {k[6:]: v for k, v in stats.items() if k.startswith("retry_")},
             "prompt_tokens": tokens["prompt_tokens"], "completion_tokens": tokens["completion_tokens"],
-            "cost_usd": stats["usd_total"]}
+            "cost_usd": stats["usd_total"], **({"servers": stats["servers"]} if stats.get("servers") else {})}
 
 
 def log(msg: str) -> None:

@@ -1,41 +1,323 @@
-"""Fast greedy decoding for the guard on a GPU.
+"""Fast greedy decoding for the guard: a slot engine with continuous batching.
 
-A small guard model decodes in an overhead-bound regime: plain `generate` spends its time
-launching kernels and decoding text on the CPU to test the stop rule, not computing. Here:
-- one static KV cache per (batch, width) bucket, so transformers compiles the decoding step
-  once into CUDA graphs (`cache_implementation="static"` auto-compiles) and replays it;
-- prompts left-padded to a width bucket (multiple of `width_step`) and batches padded to a
-  fixed row count, so only a handful of shapes are ever compiled;
-- the stop rule runs on the GPU (`stop_strings`: the verdict line; or end of turn) instead of
-  decoding every row's text after every token.
-Verdicts are parsed from the returned text exactly as on the plain path.
+A small guard model decodes in an overhead-bound regime, and a static batch wastes most of
+its steps: answers end after 40 to 250 tokens, and plain `generate` keeps decoding the
+finished rows until the longest one stops. This engine keeps `rows` slots busy instead:
+- every slot has its own KV cache row and position, so a finished answer's slot is refilled
+  with the next prompt (continuous batching) while the others go on decoding;
+- prompts are prefilled in groups (right-padded, causal), then one decoding step for all
+  slots runs as a single CUDA graph per attention width bucket: no per-kernel launch cost,
+  and attention reads only the cache prefix the active slots use;
+- the stop rule (`prompts.verdict_complete`, the guard's own) runs on the CPU every
+  `sync_every` steps, only on rows that wrote a newline; end of turn and the token budget
+  stop rows on the GPU. A row's text is cut exactly where the plain path would have stopped.
+It reuses the model's own modules (projections, norms, MLP, rotary tables), so any merged
+or attached LoRA applies; only attention and the cache are ours. Llama-shaped decoders
+(llama, mistral without sliding window, qwen2) are supported; others use the plain path.
+On the CPU it runs the same code without graphs (the tests compare it with `generate`).
 """
 from __future__ import annotations
 
-# The verdict line as the model is trained to write it, up to its newline (a bare "SAFE" may
-# still grow into "SAFE or UNSAFE", the template's echo). Other spellings stop at end of turn
-# or max_new_tokens and are parsed the same way (prompts.parse_verdict).
+from typing import Optional
+
+import numpy as np
+
+from .prompts import verdict_complete
+
+SUPPORTED = ("llama", "mistral", "qwen2")
+
+
+def supported(model) -> Optional[str]:
+    """None when the engine can run this model, else why not."""
+    cfg = getattr(model, "config", None)
+    kind = getattr(cfg, "model_type", None)
+    if kind not in SUPPORTED:
+        return f"model_type {kind!r} is not one of {', '.join(SUPPORTED)}"
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", kind == "mistral"):
+        return "sliding-window attention"
+    rope = (getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {})
+    if rope.get("rope_type", "default") not in ("default", "llama3", "linear"):
+        return f"rope_type {rope.get('rope_type')!r} (position-dependent scaling)"
+    return None
+
+
+def _round_up(x: int, step: int) -> int:
+    return -(-x // step) * step
+
+
+class SlotEngine:
+    """Greedy decoding of many prompts through `rows` slots (see the module docstring)."""
+
+    def __init__(self, model, tok, rows: int, max_len: int, width_step: int = 128,
+                 sync_every: int = 8, graphs: Optional[bool] = None):
+        import torch
+
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.torch, self.model, self.tok = torch, base, tok
+        self.inner = base.model
+        cfg = base.config
+        self.n_layers = cfg.num_hidden_layers
+        self.h = cfg.num_attention_heads
+        self.hkv = getattr(cfg, "num_key_value_heads", None) or self.h
+        self.d = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.h
+        self.rows, self.width_step, self.sync_every = rows, width_step, sync_every
+        self.max_len = _round_up(max_len, width_step)
+        self.device = next(base.parameters()).device
+        self.dtype = self.inner.embed_tokens.weight.dtype
+        self.graphs = (self.device.type == "cuda") if graphs is None else graphs
+        dev, B, T = self.device, rows, self.max_len
+        shape = (B, self.hkv, T, self.d)
+        self.k = [torch.zeros(shape, dtype=self.dtype, device=dev) for _ in range(self.n_layers)]
+        self.v = [torch.zeros(shape, dtype=self.dtype, device=dev) for _ in range(self.n_layers)]
+        with torch.no_grad():
+            probe = torch.zeros(1, dtype=self.dtype, device=dev)
+            cos, sin = self.inner.rotary_emb(probe, torch.arange(T, device=dev)[None])
+        self.cos, self.sin = cos[0], sin[0]  # [T, D], the model's own rotary (scaling included)
+        eos = base.generation_config.eos_token_id if base.generation_config is not None else None
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        if tok.eos_token_id is not None:
+            eos.append(tok.eos_token_id)
+        self.eos = torch.tensor(sorted(set(eos)) or [-1], device=dev)
+        self.eos_set = set(self.eos.tolist())
+        # decoding state: static buffers (a CUDA graph reads and writes them in place)
+        self.cur = torch.zeros(B, dtype=torch.long, device=dev)
+        self.pos = torch.zeros(B, dtype=torch.long, device=dev)
+        self.n_gen = torch.zeros(B, dtype=torch.long, device=dev)
+        self.active = torch.zeros(B, dtype=torch.bool, device=dev)
+        self.max_new = torch.zeros((), dtype=torch.long, device=dev)
+        self.out: Optional[object] = None
+        self._graphs: dict[int, object] = {}
+        self._pool = None
+        self._arange_b = torch.arange(B, device=dev)
+        # tokens whose text holds a newline: the only places a verdict line can complete
+        vocab = len(tok)
+        self.newline = np.zeros(max(vocab, base.config.vocab_size), dtype=bool)
+        for i, text in enumerate(tok.batch_decode([[i] for i in range(vocab)])):
+            self.newline[i] = "\n" in text
+
+    # ------------------------------------------------------------------ model pieces
+    def _layer_qkv(self, layer, x, cos, sin):
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        a = layer.self_attn
+        n, L, _ = x.shape
+        h = layer.input_layernorm(x)
+        q = a.q_proj(h).view(n, L, self.h, self.d).transpose(1, 2)
+        k = a.k_proj(h).view(n, L, self.hkv, self.d).transpose(1, 2)
+        v = a.v_proj(h).view(n, L, self.hkv, self.d).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)  # cos [n, L, D] -> unsqueezed over heads
+        return q, k, v
+
+    def _finish_layer(self, layer, x, attn):
+        x = x + layer.self_attn.o_proj(attn)
+        return x + layer.mlp(layer.post_attention_layernorm(x))
+
+    def _prefill(self, slots: list[int], prompts: list[list[int]]) -> object:
+        """Write the prompts' KV into their slots; returns each prompt's first new token."""
+        torch = self.torch
+        F = torch.nn.functional
+        n, lens = len(prompts), [len(p) for p in prompts]
+        L = max(lens)
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        ids = torch.tensor([p + [pad] * (L - len(p)) for p in prompts], device=self.device)
+        idx = torch.tensor(slots, device=self.device)
+        cos, sin = self.cos[:L][None].expand(n, L, -1), self.sin[:L][None].expand(n, L, -1)
+        x = self.inner.embed_tokens(ids)
+        g = self.h // self.hkv
+        for i, layer in enumerate(self.inner.layers):
+            q, k, v = self._layer_qkv(layer, x, cos, sin)
+            self.k[i][idx, :, :L] = k
+            self.v[i][idx, :, :L] = v
+            # right padding under a causal mask: real tokens never see the pads after them
+            kk, vv = (k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)) if g > 1 else (k, v)
+            attn = F.scaled_dot_product_attention(q, kk, vv, is_causal=True)
+            x = self._finish_layer(layer, x, attn.transpose(1, 2).reshape(n, L, -1))
+        last = x[torch.arange(n, device=self.device), torch.tensor(lens, device=self.device) - 1]
+        logits = self.model.lm_head(self.inner.norm(last))
+        return logits.argmax(-1)
+
+    def _step(self, width: int) -> None:
+        """One decoding step for every slot (inactive slots compute but change nothing)."""
+        torch = self.torch
+        F = torch.nn.functional
+        B, g = self.rows, self.h // self.hkv
+        pos = self.pos
+        cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]
+        x = self.inner.embed_tokens(self.cur[:, None])
+        # the token at `pos` sees cache positions 0..pos
+        mask = (torch.arange(width, device=self.device)[None] <= pos[:, None])[:, None, None, :]
+        for i, layer in enumerate(self.inner.layers):
+            q, k, v = self._layer_qkv(layer, x, cos, sin)
+            self.k[i][self._arange_b, :, pos] = k[:, :, 0]
+            self.v[i][self._arange_b, :, pos] = v[:, :, 0]
+            # grouped-query attention without copying the cache: the g query heads that share
+            # a KV head become g "query positions" of one head (same keys, same mask)
+            attn = F.scaled_dot_product_attention(q.reshape(B, self.hkv, g, self.d), self.k[i][:, :, :width],
+                                                  self.v[i][:, :, :width], attn_mask=mask)
+            x = self._finish_layer(layer, x, attn.reshape(B, 1, self.h * self.d))
+        nxt = self.model.lm_head(self.inner.norm(x[:, 0])).argmax(-1)
+        act = self.active
+        col = self.n_gen.clamp(max=self.out.shape[1] - 1)
+        self.out[self._arange_b, col] = torch.where(act, nxt, self.out[self._arange_b, col])
+        self.n_gen += act
+        self.pos += act
+        self.cur.copy_(torch.where(act, nxt, self.cur))
+        self.active &= ~(nxt[:, None] == self.eos[None]).any(-1) & (self.n_gen < self.max_new)
+
+    def _run_step(self, width: int) -> None:
+        torch = self.torch
+        if not self.graphs:
+            with torch.inference_mode():
+                self._step(width)
+            return
+        graph = self._graphs.get(width)
+        if graph is None:
+            # warm up on a side stream (cuBLAS/SDPA workspaces), then capture; the warm-up
+            # step's effects are undone by saving and restoring the state it changes
+            saved = [t.clone() for t in (self.cur, self.pos, self.n_gen, self.active, self.out)]
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s), torch.inference_mode():
+                self._step(width)
+            torch.cuda.current_stream().wait_stream(s)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool), torch.inference_mode():
+                self._step(width)
+            self._pool = graph.pool()
+            for t, v in zip((self.cur, self.pos, self.n_gen, self.active, self.out), saved):
+                t.copy_(v)
+            self._graphs[width] = graph
+        graph.replay()
+
+    # ------------------------------------------------------------------ driver
+    def generate(self, prompts: list[list[int]], max_new_tokens: int,
+                 prefill_tokens: int = 65536) -> tuple[list[str], list[int]]:
+        """Greedy completions (new text only, cut at the guard's stop rule) and their token
+        counts, in the order of `prompts`."""
+        torch = self.torch
+        longest = max(len(p) for p in prompts)
+        if longest + max_new_tokens > self.max_len:
+            raise ValueError(f"prompt of {longest} tokens + {max_new_tokens} new exceeds the engine's {self.max_len}")
+        B = self.rows
+        if self.out is None or self.out.shape[1] != max_new_tokens:
+            self.out = torch.zeros((B, max_new_tokens), dtype=torch.long, device=self.device)
+            self._graphs.clear()  # graphs captured the old buffer
+        self.max_new.fill_(max_new_tokens)
+        self.active.zero_()
+        self.n_gen.zero_()
+        self.pos.zero_()
+        texts: list[Optional[str]] = [None] * len(prompts)
+        counts = [0] * len(prompts)
+        slot_of: list[Optional[int]] = [None] * B  # prompt index in each slot
+        checked = np.zeros(B, dtype=np.int64)  # tokens already scanned for the stop rule
+        host_pos = np.zeros(B, dtype=np.int64)
+        queue = 0
+        refill_at = max(1, B // 16)  # prefill in groups: one small prefill per freed slot is slow
+
+        def finish(b: int, toks: list[int]) -> None:
+            j = slot_of[b]
+            texts[j] = self.tok.decode(toks, skip_special_tokens=True)
+            counts[j] = len(toks)
+            slot_of[b] = None
+
+        while True:
+            free = [b for b in range(B) if slot_of[b] is None]
+            if queue < len(prompts) and (len(free) >= refill_at or len(free) == B):
+                while free and queue < len(prompts):
+                    group, budget = [], prefill_tokens
+                    while free and queue < len(prompts) and (not group or budget >= len(prompts[queue])):
+                        group.append((free.pop(0), queue))
+                        budget -= len(prompts[queue])
+                        queue += 1
+                    slots = [b for b, _ in group]
+                    with torch.inference_mode():
+                        first = self._prefill(slots, [prompts[j] for _, j in group])
+                        idx = torch.tensor(slots, device=self.device)
+                        self.cur[idx] = first
+                        self.out[idx, 0] = first
+                        self.n_gen[idx] = 1
+                        self.pos[idx] = torch.tensor([len(prompts[j]) for _, j in group], device=self.device)
+                        self.active[idx] = ~(first[:, None] == self.eos[None]).any(-1) & (max_new_tokens > 1)
+                    for b, j in group:
+                        slot_of[b], checked[b], host_pos[b] = j, 0, len(prompts[j])
+            if all(s is None for s in slot_of):
+                break
+            width = min(self.max_len, _round_up(int(host_pos.max()) + self.sync_every + 1, self.width_step))
+            for _ in range(self.sync_every):
+                self._run_step(width)
+            out = self.out.cpu().numpy()
+            n_gen = self.n_gen.cpu().numpy()
+            active = self.active.cpu().numpy()
+            host_pos = self.pos.cpu().numpy().copy()
+            stop_now = []
+            for b in range(B):
+                if slot_of[b] is None:
+                    continue
+                n = int(n_gen[b])
+                row = out[b, :n]
+                cut = None
+                # the stop rule, on rows that wrote a newline since the last scan
+                for t in np.nonzero(self.newline[row[checked[b]:n]])[0] + checked[b]:
+                    if verdict_complete(self.tok.decode(row[:t + 1].tolist(), skip_special_tokens=True)):
+                        cut = int(t) + 1
+                        break
+                checked[b] = n
+                if cut is not None:
+                    stop_now.append(b)
+                    finish(b, row[:cut].tolist())
+                elif not active[b]:
+                    toks = row.tolist()
+                    if toks and toks[-1] in self.eos_set:
+                        toks = toks[:-1]  # end of turn: not part of the text, not counted (pad = eos)
+                    finish(b, toks)
+            if stop_now:
+                self.active[torch.tensor(stop_now, device=self.device)] = False
+            host_pos[[b for b in range(B) if slot_of[b] is None]] = 0
+        return [t or "" for t in texts], counts
+
+
+# transformers' own stop strings for the fallback path: the verdict line up to its newline
 STOP_STRINGS = [f"\nClassification: {v}{end}\n" for v in ("SAFE", "UNSAFE") for end in ("", ".")]
 
 
-def generate_static(model, tok, prompts: list[list[int]], max_new_tokens: int, rows: int,
-                    width_step: int = 128) -> tuple[list[str], list[int]]:
-    """Greedy completions (new text only) and new-token counts for up to `rows` prompts."""
+def _generate_hf(model, tok, prompts: list[list[int]], max_new_tokens: int) -> tuple[list[str], list[int]]:
+    """Models the engine does not support: one left-padded static batch through `generate`
+    with a static cache (compiled by transformers) and the stop rule on the GPU."""
     import torch
 
-    n = len(prompts)
-    assert 0 < n <= rows
     pad = tok.pad_token_id
-    longest = max(len(x) for x in prompts)
-    width = -(-longest // width_step) * width_step
-    filler = prompts[0]  # rows beyond n repeat a real prompt: same shapes, results dropped
-    batch = prompts + [filler] * (rows - n)
-    ids = torch.tensor([[pad] * (width - len(x)) + x for x in batch], device=model.device)
-    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in batch], device=model.device)
+    width = _round_up(max(len(x) for x in prompts), 128)
+    ids = torch.tensor([[pad] * (width - len(x)) + x for x in prompts], device=model.device)
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in prompts], device=model.device)
     with torch.inference_mode():
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                              temperature=None, top_p=None, top_k=None, pad_token_id=pad,
                              cache_implementation="static", stop_strings=STOP_STRINGS, tokenizer=tok)
-    gen = out[:n, width:]
-    counts = (gen != pad).sum(dim=1).tolist()
-    return tok.batch_decode(gen, skip_special_tokens=True), counts
+    gen = out[:, width:]
+    return tok.batch_decode(gen, skip_special_tokens=True), (gen != pad).sum(dim=1).tolist()
+
+
+def generate_static(model, tok, prompts: list[list[int]], max_new_tokens: int, rows: int,
+                    width_step: int = 128) -> tuple[list[str], list[int]]:
+    """Greedy completions (new text only) and new-token counts for any number of prompts,
+    decoded through `rows` slots. The engine (KV cache, captured graphs) is kept on the model
+    and reused while it is large enough."""
+    if supported(model) is not None:
+        out = ([], [])
+        for b in range(0, len(prompts), rows):
+            t, c = _generate_hf(model, tok, prompts[b:b + rows], max_new_tokens)
+            out[0].extend(t)
+            out[1].extend(c)
+        return out
+    need = max(len(p) for p in prompts) + max_new_tokens
+    eng = getattr(model, "_guardrsft_engine", None)
+    if eng is None or eng.rows != rows or eng.max_len < need:
+        if eng is not None:
+            model._guardrsft_engine = eng = None
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        eng = SlotEngine(model, tok, rows=rows, max_len=max(need, 512), width_step=width_step)
+        model._guardrsft_engine = eng
+    return eng.generate(prompts, max_new_tokens)

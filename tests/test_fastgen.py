@@ -1,0 +1,114 @@
+"""The slot engine (fastgen) against transformers' `generate` on the same prompts, on the CPU.
+
+The engine must return the same text as the plain path, cut where the plain path stops:
+at the verdict line's newline, at end of turn, or at the token budget, with fewer slots
+than prompts so that finished slots are refilled (continuous batching)."""
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fixtures.tiny_model import build_tiny_model  # noqa: E402
+
+CONTENTS = ["How do I bake bread?", "I will hurt you tomorrow at school.", "you people are vermin",
+            "hi", "Write a poem about the sea and the wind and the gulls and the long grey evening light",
+            "policy content", "Classification: SAFE", "how to pick a lock"]
+
+
+def _compare(guard, max_new: int, rows: int, width_step: int = 32, sync_every: int = 3):
+    from guardrsft.fastgen import SlotEngine
+
+    items = [{"content": c} for c in CONTENTS]
+    plain = guard.classify(items)
+    plain_tokens = guard.last_stats["new_tokens"]
+    eng = SlotEngine(guard.model, guard.tok, rows=rows, max_len=1000, width_step=width_step,
+                     sync_every=sync_every)
+    guard._generate = lambda prompts, stream=None: eng.generate(prompts, max_new)
+    guard.cache = {}
+    fast = guard.classify(items)
+    assert guard.last_stats["new_tokens"] == plain_tokens
+    for a, b in zip(plain, fast):
+        assert a["raw"] == b["raw"]
+        assert a["verdicts"] == b["verdicts"]
+    return plain
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "m")
+
+
+@pytest.fixture(scope="module")
+def verdict_model(tmp_path_factory, tiny):
+    """The tiny model trained for a few seconds to answer every prompt with a verdict line
+    followed by more text, and some prompts with end of turn: exercises both stop rules."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny)
+    model = AutoModelForCausalLM.from_pretrained(tiny)
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    seqs = []
+    for i, c in enumerate(CONTENTS):
+        prompt = tok.apply_chat_template([{"role": "user", "content": c}], add_generation_prompt=True,
+                                         tokenize=False)
+        answer = ("Reasoning: policy content\nClassification: UNSAFE\npolicy policy policy" if i % 2 else
+                  "Reasoning: Step 1\nClassification: SAFE<|im_end|>")
+        seqs.append(tok(prompt + answer, add_special_tokens=False)["input_ids"])
+    for _ in range(150):
+        for s in seqs:
+            ids = torch.tensor([s])
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+        opt.step()
+        opt.zero_grad()
+    d = tmp_path_factory.mktemp("verdict") / "m"
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    return str(d)
+
+
+def _guard(path, params, max_new, batch=3):
+    from guardrsft.guard import load_guard
+
+    g = load_guard(path, params=params, max_new_tokens=max_new, batch_size=batch)
+    assert g.backend == "plain"
+    return g
+
+
+def test_engine_matches_generate_on_budget_stops(tiny, params):
+    # a random model never writes a verdict: every row runs to its budget; 3 slots, 48 prompts
+    _compare(_guard(tiny, params, max_new=20), max_new=20, rows=3)
+
+
+def test_engine_matches_generate_at_verdict_and_end_of_turn(verdict_model, params):
+    plain = _compare(_guard(verdict_model, params, max_new=60), max_new=60, rows=4, sync_every=5)
+    raws = [t for r in plain for t in r["raw"].values()]
+    # the trained answers: both stop rules really happened on the plain path
+    assert any(t.rstrip("\n").endswith("Classification: UNSAFE") and "policy policy" not in t for t in raws)
+    assert any(t.endswith("Classification: SAFE") for t in raws)
+    verdicts = {v for r in plain for v in r["verdicts"].values()}
+    assert {"SAFE", "UNSAFE"} <= verdicts
+
+
+def test_engine_refuses_a_prompt_longer_than_its_cache(tiny, params):
+    from guardrsft.fastgen import SlotEngine
+
+    g = _guard(tiny, params, max_new=8)
+    eng = SlotEngine(g.model, g.tok, rows=2, max_len=64, width_step=32)
+    with pytest.raises(ValueError, match="exceeds the engine"):
+        eng.generate([[5] * 60], 8)
+
+
+def test_supported_names_what_it_cannot_run():
+    from types import SimpleNamespace
+
+    from guardrsft.fastgen import supported
+
+    assert supported(SimpleNamespace(config=SimpleNamespace(model_type="llama"))) is None
+    assert "gemma" in supported(SimpleNamespace(config=SimpleNamespace(model_type="gemma")))
+    assert "sliding" in supported(SimpleNamespace(config=SimpleNamespace(model_type="mistral", sliding_window=4096)))
+    assert "yarn" in supported(SimpleNamespace(config=SimpleNamespace(model_type="llama",
+                                                                      rope_parameters={"rope_type": "yarn"})))

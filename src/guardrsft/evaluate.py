@@ -6,7 +6,9 @@ Outputs: metrics_out (the test split's numbers at the top level, as before, and
 `benchmarks.<name>`), predictions_out (test) and <its folder>/benchmarks/<name>.jsonl,
 plots_dir/{confusion,per_policy_f1}.csv and plots_dir/benchmarks/{confusion,per_policy_f1}/<name>.csv.
 Both models answer every set in one `classify` call each (one model load, one prediction
-cache: a killed evaluation resumes where it stopped).
+cache: a killed evaluation resumes where it stopped). With `evaluate.processes` > 1 (null: one
+per visible GPU) the items are sharded over that many processes (shard.classify_sharded), each
+with its own cache file, and merged in input order: the same results as one process.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from .guard import load_guard
 from .io import read_jsonl, write_json, write_jsonl, write_text
 from .metrics import compute
 from .models import cache_dir
+from .shard import resolve_processes
 
 HEADLINE = ("exact_match", "binary_accuracy", "harmful_f1", "macro_f1", "benign_fpr", "parse_failure_rate")
 MODELS = (("finetuned", "fine-tuned (R-SFT adapter)"), ("baseline", "zero-shot base model"))
@@ -46,11 +49,19 @@ def _classify(p: Params, suites: list[dict], adapter: str | None, label: str) ->
     items = [{"content": it["content"], "response": it["response"]} for s in suites for it in s["items"]]
     sizes = ", ".join(f"{s['name']} {len(s['items'])}" for s in suites)
     print(f"[evaluate] {label}: {len(items)} items ({sizes}) x {len(p.policies)} policies", file=sys.stderr, flush=True)
-    guard = load_guard(p.model, adapter=adapter, params=p, cache_path=str(cache_dir() / "predictions.jsonl"))
-    results = guard.classify(items, progress=True)
-    stats = guard.last_stats
-    del guard
-    gc.collect()
+    n = resolve_processes(p.evaluate.processes)
+    if n > 1:  # one worker per GPU (evaluate.processes), each with its own resumable cache file
+        from .shard import classify_sharded
+
+        print(f"[evaluate] {label}: sharded over {n} processes", file=sys.stderr, flush=True)
+        results, stats = classify_sharded({"base": p.model, "adapter": adapter}, items, n, p,
+                                          cache_dir() / "predictions-shards", label=f"evaluate-{label.split()[0]}")
+    else:
+        guard = load_guard(p.model, adapter=adapter, params=p, cache_path=str(cache_dir() / "predictions.jsonl"))
+        results = guard.classify(items, progress=True)
+        stats = guard.last_stats
+        del guard
+        gc.collect()
     out, at = {}, 0
     for s in suites:
         out[s["name"]] = results[at:at + len(s["items"])]

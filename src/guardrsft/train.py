@@ -254,6 +254,27 @@ def throughput_callback(batch: int, grad_accum: int, n_params: int, counter: "Ma
     return Throughput()
 
 
+def process_setup(p: Params, world: int) -> tuple[dict, dict]:
+    """This process's hardware row for load_model and its SFTConfig overrides, in a run of
+    `world` processes (also used by bench/multi_gpu.py)."""
+    from . import distributed as dist
+
+    hw = train_hw(p)
+    if world == 1:
+        return hw, {}
+    # the one-GPU global batch, split over the ranks; every LoRA weight gets a gradient, so
+    # DDP's unused-parameter search is pure overhead
+    extra = dict(gradient_accumulation_steps=dist.plan(p, world)["grad_accum"], ddp_find_unused_parameters=False)
+    if hw["device"] == "cuda":
+        import torch
+
+        torch.cuda.set_device(dist.local_rank())
+        # no device_map {"": 0}: Trainer/accelerate place (DDP) or shard (FSDP, ZeRO-3) the weights,
+        # and bitsandbytes puts a 4-bit model on the current device (this rank's GPU)
+        hw = dict(hw, device="cpu")
+    return hw, extra
+
+
 def last_checkpoint(ckpt: Path) -> str | None:
     """The newest *complete* checkpoint: Trainer writes trainer_state.json last, so a folder
     without it was cut short by a kill (transformers' get_last_checkpoint would pick it)."""
@@ -335,17 +356,8 @@ def train(p: Params, traces_path: str, adapter_out: str, metrics_out: str, plot_
 
     # world size in the key: a checkpoint's data order and RNG files belong to one process count
     ckpt = checkpoint_dir(p, data_hash if world == 1 else f"{data_hash}:world{world}")
-    hw = train_hw(p)
+    hw, extra = process_setup(p, world)
     sharded = p.train.distributed in ("fsdp", "deepspeed_zero3") and world > 1
-    extra = {}
-    if world > 1:
-        # every LoRA weight gets a gradient: DDP's unused-parameter search is pure overhead
-        extra = dict(gradient_accumulation_steps=plan["grad_accum"], ddp_find_unused_parameters=False)
-        if hw["device"] == "cuda":
-            torch.cuda.set_device(dist.local_rank())
-            # no device_map {"": 0}: Trainer/accelerate place (DDP) or shard (FSDP, ZeRO-3) the weights,
-            # and bitsandbytes puts a 4-bit model on the current device (this rank's GPU)
-            hw = dict(hw, device="cpu")
     cfg = sft_config(p, str(ckpt), **extra)
     lora = LoraConfig(r=p.train.lora_r, lora_alpha=p.train.lora_alpha, lora_dropout=p.train.lora_dropout,
                       target_modules=list(p.train.target_modules), task_type="CAUSAL_LM", bias="none")

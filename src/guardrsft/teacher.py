@@ -189,7 +189,9 @@ class Teacher:
                  // 4 for it in todo)
         ct = len(todo) * self.o.max_tokens // 2
         return {"items": len(items), "cached": len(items) - len(todo), "requests": len(todo),
-                "prompt_tokens": pt, "completion_tokens": ct, "usd": round(estimate_usd(self.o, pt, ct), 4)}
+                "prompt_tokens": pt, "completion_tokens": ct,
+                # self._usd: the Batch API teacher's discount applies to its estimate too
+                "usd": round(self._usd({"prompt_tokens": pt, "completion_tokens": ct}), 4)}
 
     def urls(self) -> list[str]:
         return list(self.o.base_urls) or [self.o.base_url or "https://api.openai.com/v1"]

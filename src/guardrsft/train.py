@@ -303,6 +303,9 @@ def _save_adapter(trainer, tok, p: Params, adapter_out: str, sharded: bool) -> N
     if dist.is_main():
         shutil.rmtree(staging, ignore_errors=True)
     dist.barrier()
+    if getattr(trainer, "is_fsdp_enabled", False):
+        # checkpoints stay sharded (fast); Trainer.save_model writes nothing for a sharded state dict
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(staging))  # collective gather; Trainer writes on rank 0 only
     dist.barrier()
     if dist.is_main():

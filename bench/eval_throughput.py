@@ -1,17 +1,19 @@
 """Evaluation throughput: plain `generate` vs guardrsft's GPU decoding, same prompts, one run.
 
-Tested with (device H100, after ../shared/gpu/README.md's setup):
+Tested with (device H100/H200, after ../shared/gpu/README.md's setup):
   PYTHONPATH=/root/site:$PWD/src python bench/eval_throughput.py --model /root/gpu/smollm2-135m-instruct \
-      [--adapter DIR] --contents .gpu/d/contents.jsonl --items 512 --out $OUT/eval_throughput.json
+      [--adapter DIR] --contents .gpu/d/contents.jsonl --items 256 --big-items 2048 --out $OUT/eval_throughput.json
 
-Both paths go through the one classifier API (`guardrsft.guard.load_guard(...).classify`) on
-the same (item, policy) prompts with greedy decoding:
-- naive: `model.generate` as a user would call it: dynamic KV cache, batch 256, the stop rule
-  tested on the CPU after every token (guard's `plain` backend);
-- ours: `guardrsft.fastgen` (guard's `static` backend): static KV cache compiled into CUDA
-  graphs, width buckets, the stop rule on the GPU, larger batches.
-`ours` runs twice: cold (includes compilation) and warm (the steady state a long evaluation
-sees). Verdict agreement is per (item, policy) between naive and ours.
+Same (item, policy) prompts, greedy decoding, one process:
+- naive_generate: `model.generate` as a user calls it: batches of 256 sorted by length, left
+  padding, dynamic KV cache, stopping at end of turn only (no verdict stop rule);
+- naive_guard: the guard's `plain` backend: the same plus the verdict stop rule decoded on the
+  CPU after every token (the project's path before the slot engine);
+- ours: `guardrsft.fastgen.SlotEngine` through the guard's `static` backend: continuous
+  batching over --batch slots, grouped prefill, one CUDA graph per width bucket, the stop rule
+  on rows that wrote a newline. Run cold (graph capture included) and warm on the --items
+  prompts, then warm on --big-items items (the steady state of a long evaluation).
+Verdict agreement and identical text are per (item, policy) between naive_guard and ours.
 """
 from __future__ import annotations
 
@@ -38,12 +40,41 @@ def run(guard, items, backend: str, batch: int) -> tuple[list[dict], dict]:
     return res, st
 
 
+def naive_generate(guard, items, batch: int) -> dict:
+    """Plain `model.generate`, batch by batch, end-of-turn stop only; new non-pad tokens counted."""
+    import torch
+
+    tok, model = guard.tok, guard.model
+    prompts = sorted((guard._prompt_ids(it["content"], q) for it in items for q in guard.p.policies), key=len)
+    pad, new = tok.pad_token_id, 0
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    for b in range(0, len(prompts), batch):
+        chunk = prompts[b:b + batch]
+        w = max(len(x) for x in chunk)
+        ids = torch.tensor([[pad] * (w - len(x)) + x for x in chunk], device=model.device)
+        mask = torch.tensor([[0] * (w - len(x)) + [1] * len(x) for x in chunk], device=model.device)
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=guard.max_new_tokens,
+                                 do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=pad)
+        new += int((out[:, w:] != pad).sum())
+    sync()
+    wall = time.perf_counter() - t0
+    st = {"backend": "generate", "batch": batch, "prompts": len(prompts), "new_tokens": new,
+          "wall_seconds": round(wall, 2), "new_tokens_per_second": round(new / wall, 1),
+          "items_per_second": round(len(items) / wall, 2)}
+    print(json.dumps(st), flush=True)
+    return st
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True)
     ap.add_argument("--adapter", default=None)
     ap.add_argument("--contents", required=True, help="JSONL with a `content` field per line")
-    ap.add_argument("--items", type=int, default=512)
+    ap.add_argument("--items", type=int, default=256, help="items for the naive-vs-ours comparison (x 6 policies)")
+    ap.add_argument("--big-items", type=int, default=2048, help="items for ours alone, steady state; 0: skip")
     ap.add_argument("--naive-batch", type=int, default=256)
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--max-new-tokens", type=int, default=256)
@@ -54,21 +85,27 @@ def main() -> None:
     from guardrsft.guard import load_guard
 
     p = params_with({"preset": "a100", "evaluate.max_new_tokens": a.max_new_tokens})
-    items = [{"content": json.loads(line)["content"][:2000]} for line in open(a.contents)][:a.items]
+    every = [{"content": json.loads(line)["content"][:2000]} for line in open(a.contents)]
+    items = every[:a.items]
     t0 = time.perf_counter()
     guard = load_guard(a.model, adapter=a.adapter, params=p)
     load_s = time.perf_counter() - t0
+    s_gen = naive_generate(guard, items, a.naive_batch)
     naive, s_naive = run(guard, items, "plain", a.naive_batch)
     _, s_cold = run(guard, items, "static", a.batch)
     ours, s_warm = run(guard, items, "static", a.batch)
+    s_big = run(guard, every[:a.big_items], "static", a.batch)[1] if a.big_items else None
+    best_naive = max(s_gen["new_tokens_per_second"], s_naive["new_tokens_per_second"])
     pairs = [(q, x["verdicts"][q], y["verdicts"][q]) for x, y in zip(naive, ours) for q in x["verdicts"]]
     same = sum(v1 == v2 for _, v1, v2 in pairs)
     report = dict(
         device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (dry run)", date=time.strftime("%Y-%m-%d"), model=a.model, adapter=a.adapter,
         items=len(items), policies=len(p.policies), max_new_tokens=a.max_new_tokens, load_seconds=round(load_s, 1),
-        naive=s_naive, ours_cold=s_cold, ours_warm=s_warm,
-        speedup_warm=round(s_warm["new_tokens_per_second"] / s_naive["new_tokens_per_second"], 2),
-        speedup_cold=round(s_cold["new_tokens_per_second"] / s_naive["new_tokens_per_second"], 2),
+        naive_generate=s_gen, naive_guard=s_naive, ours_cold=s_cold, ours_warm=s_warm, ours_big=s_big,
+        speedup_warm_vs_best_naive=round(s_warm["new_tokens_per_second"] / best_naive, 2),
+        speedup_big_vs_best_naive=round(s_big["new_tokens_per_second"] / best_naive, 2) if s_big else None,
+        speedup_cold_vs_best_naive=round(s_cold["new_tokens_per_second"] / best_naive, 2),
+        items_per_second_warm_vs_naive_guard=round(s_warm["items_per_second"] / s_naive["items_per_second"], 2),
         verdict_agreement=round(same / len(pairs), 4), verdict_pairs=len(pairs),
         reasoning_identical=round(sum(x["reasoning"][q] == y["reasoning"][q]
                                       for x, y in zip(naive, ours) for q in x["reasoning"])

@@ -30,21 +30,29 @@ def items(n=7):
 
 
 def test_two_processes_equal_one_and_resume(tmp_path, tiny, params, monkeypatch):
+    """Through evaluate's own entry point: evaluate.processes: 2 shards the items."""
+    import dataclasses
+
+    from guardrsft.evaluate import _classify
+
     monkeypatch.setenv("GUARDRSFT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("GUARDRSFT_BASE_MODEL", tiny)
     its = items()
-    kw = {"max_new_tokens": 10, "batch_size": 2}
-    one = load_guard(tiny, params=params, **kw).classify(its)  # in-process, no cache
-    cache = tmp_path / "shards"
-    two, stats = classify_sharded({"base": tiny, "adapter": None, **kw}, its, 2, params, cache)
-    assert strip(two) == strip(one)
+    p1 = dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate, max_new_tokens=10, batch_size=2))
+    one = load_guard(tiny, params=p1).classify(its)  # in-process, no cache
+    p2 = dataclasses.replace(p1, evaluate=dataclasses.replace(p1.evaluate, processes=2))
+    suites = [{"name": "test", "items": its}]
+    two, stats = _classify(p2, suites, None, "zero-shot base model")
+    assert strip(two["test"]) == strip(one)
     assert stats["processes"] == 2 and stats["items"] == len(its) and stats["generated_pairs"] > 0
+    cache = tmp_path / "cache" / "predictions-shards"
     files = sorted(p.name for p in cache.glob("*.jsonl"))
     assert files == ["shard-0.jsonl", "shard-1.jsonl"]
     # a shard killed mid-write: half its answers kept, the last line torn
     lines = (cache / "shard-1.jsonl").read_text().splitlines()
     kept = len(lines) // 2
     (cache / "shard-1.jsonl").write_text("\n".join(lines[:kept]) + "\n" + lines[kept][: len(lines[kept]) // 2])
-    again, st2 = classify_sharded({"base": tiny, "adapter": None, **kw}, its, 2, params, cache)
+    again, st2 = classify_sharded({"base": tiny, "adapter": None}, its, 2, p2, cache)
     assert strip(again) == strip(one)
     assert st2["generated_pairs"] == len(lines) - kept  # only the lost answers were generated again
 

@@ -55,7 +55,8 @@ def _classify(p: Params, suites: list[dict], adapter: str | None, label: str) ->
 
         print(f"[evaluate] {label}: sharded over {n} processes", file=sys.stderr, flush=True)
         results, stats = classify_sharded({"base": p.model, "adapter": adapter}, items, n, p,
-                                          cache_dir() / "predictions-shards", label=f"evaluate-{label.split()[0]}")
+                                          cache_dir() / "predictions-shards", label=f"evaluate-{label.split()[0]}",
+                                          read_also=[cache_dir() / "predictions.jsonl"])  # one-process answers
     else:
         guard = load_guard(p.model, adapter=adapter, params=p, cache_path=str(cache_dir() / "predictions.jsonl"))
         results = guard.classify(items, progress=True)

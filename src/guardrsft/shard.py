@@ -137,10 +137,10 @@ def _end_torn_line(path: Path) -> None:
 
 
 def classify_worker(items: list, shard: dict, base: str, adapter: str | None, params_path: str, cache_dir: str,
-                    load: dict | None = None) -> tuple[list, dict]:
+                    load: dict | None = None, read_also: list | None = None) -> tuple[list, dict]:
     """One shard of classify_sharded: load the guard on this process's device, answer its items.
-    Its answers go to <cache_dir>/shard-<k>.jsonl; every *.jsonl there is read first, so a rerun
-    (even with another process count) reuses whatever any shard had finished."""
+    Its answers go to <cache_dir>/shard-<k>.jsonl; every *.jsonl there (and the read_also files)
+    is read first, so a rerun (even with another process count) reuses whatever was finished."""
     from .config import load_params
     from .guard import load_guard
     from .io import read_jsonl_tolerant
@@ -149,7 +149,7 @@ def classify_worker(items: list, shard: dict, base: str, adapter: str | None, pa
     own = Path(cache_dir) / f"shard-{shard['index']}.jsonl"
     _end_torn_line(own)
     guard = load_guard(base, adapter=adapter, params=p, cache_path=str(own), **(load or {}))
-    for f in sorted(Path(cache_dir).glob("*.jsonl")):
+    for f in sorted(Path(cache_dir).glob("*.jsonl")) + [Path(x) for x in read_also or []]:
         if f != own:
             guard.cache.update({r["key"]: r for r in read_jsonl_tolerant(f) if "key" in r})
     print(f"  [shard {shard['index'] + 1}/{shard['count']}] {len(items)} items", file=sys.stderr, flush=True)
@@ -171,9 +171,10 @@ def merge_stats(stats: list[dict]) -> dict:
 
 
 def classify_sharded(load_kwargs: dict, items: list[dict], processes: int, params, cache_dir: str | os.PathLike,
-                     label: str = "classify") -> tuple[list[dict], dict]:
+                     label: str = "classify", read_also: list | None = None) -> tuple[list[dict], dict]:
     """guard.classify(items) over `processes` workers. load_kwargs: base, adapter (and optionally
-    load_guard's max_new_tokens / batch_size); cache_dir: the shards' cache files."""
+    load_guard's max_new_tokens / batch_size); cache_dir: the shards' cache files; read_also:
+    other guard cache files whose answers are reused (e.g. a one-process run's)."""
     kw = dict(load_kwargs)
     base, adapter = kw.pop("base"), kw.pop("adapter", None)
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
@@ -182,7 +183,7 @@ def classify_sharded(load_kwargs: dict, items: list[dict], processes: int, param
         results, stats = run_sharded(
             "guardrsft.shard:classify_worker", items, processes, label=label,
             kwargs={"base": base, "adapter": adapter, "params_path": params_file(params, Path(d)),
-                    "cache_dir": str(cache_dir), "load": kw})
+                    "cache_dir": str(cache_dir), "load": kw, "read_also": [str(x) for x in read_also or []]})
     merged = merge_stats(stats)
     merged["wall_seconds_sharded"] = round(time.time() - t0, 3)
     return results, merged

@@ -28,11 +28,16 @@ from train_throughput import params_with  # noqa: E402
 
 
 def run(guard, items, backend: str, batch: int) -> tuple[list[dict], dict]:
+    from guardrsft import fastgen
+
     guard.backend, guard.batch_size, guard.cache = backend, batch, {}
     t0 = time.perf_counter()
     res = guard.classify(items)
     wall = time.perf_counter() - t0
     st = dict(guard.last_stats, backend=backend, batch=batch, wall_seconds=round(wall, 2))
+    eng = getattr(guard.model, "_guardrsft_engine", None)
+    if backend == "static" and eng is not None:
+        st["engine"] = dict(eng.stats, attention=eng.attention, sync_every=eng.sync_every, rows=eng.rows)
     st["items_per_second"] = round(len(items) / wall, 2)
     st["new_tokens_per_second"] = round(st["new_tokens"] / wall, 1)
     st["parse_error_rate"] = round(sum(r["is_parse_error"] for r in res) / len(res), 4)
@@ -78,6 +83,9 @@ def main() -> None:
     ap.add_argument("--naive-batch", type=int, default=256)
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--variants", default="",
+                    help="extra big-set runs of ours, e.g. 'matmul:8,sdpa:16' (attention:sync_every)")
+    ap.add_argument("--only-ours", action="store_true", help="skip the naive baselines (tuning runs)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     import torch
@@ -90,6 +98,18 @@ def main() -> None:
     t0 = time.perf_counter()
     guard = load_guard(a.model, adapter=a.adapter, params=p)
     load_s = time.perf_counter() - t0
+    from guardrsft import fastgen
+
+    variants = {}
+    for i, v in enumerate(filter(None, a.variants.split(","))):
+        attn, sync = v.split(":")
+        fastgen.DEFAULTS.update(attention=attn, sync_every=int(sync))
+        variants[f"{i}:{v}"] = run(guard, every[:a.big_items], "static", a.batch)[1]
+    fastgen.DEFAULTS.update(attention="auto", sync_every=8)
+    if a.only_ours:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps({"variants": variants}, indent=2))
+        return
     s_gen = naive_generate(guard, items, a.naive_batch)
     naive, s_naive = run(guard, items, "plain", a.naive_batch)
     _, s_cold = run(guard, items, "static", a.batch)
@@ -101,7 +121,7 @@ def main() -> None:
     report = dict(
         device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (dry run)", date=time.strftime("%Y-%m-%d"), model=a.model, adapter=a.adapter,
         items=len(items), policies=len(p.policies), max_new_tokens=a.max_new_tokens, load_seconds=round(load_s, 1),
-        naive_generate=s_gen, naive_guard=s_naive, ours_cold=s_cold, ours_warm=s_warm, ours_big=s_big,
+        variants=variants, naive_generate=s_gen, naive_guard=s_naive, ours_cold=s_cold, ours_warm=s_warm, ours_big=s_big,
         speedup_warm_vs_best_naive=round(s_warm["new_tokens_per_second"] / best_naive, 2),
         speedup_big_vs_best_naive=round(s_big["new_tokens_per_second"] / best_naive, 2) if s_big else None,
         speedup_cold_vs_best_naive=round(s_cold["new_tokens_per_second"] / best_naive, 2),

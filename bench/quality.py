@@ -18,6 +18,13 @@ evaluation, so a run cut short still returns what it finished:
     the verdict, i.e. the same data without reasoning, with no change to train() or the prompt,
     and the verdict line still starts a line (parse_verdict, fastgen's stop strings)
  6. evaluate it (max_new_tokens 16: it answers in ~8 tokens)
+ 7. HS-DPO (issue 8): mine the R-SFT adapter on --hsdpo-items training items (guardrsft.hsdpo.mine:
+    k samples per item and policy, training split only), train DPO on the pairs on top of the
+    R-SFT adapter (hsdpo.train_dpo), evaluate it like the others
+--unsafe-share S oversamples the UNSAFE (item, policy) training traces (whole copies, seeded) until
+they make up S of the examples: most pairs are SAFE (an item violates one or two of six
+policies), and a model trained on that mix learns to answer SAFE. Applies to R-SFT, label-only
+and the traces HS-DPO mines (the mined items stay distinct).
 
 Every (item, policy) pair is one generation: 6 per item. Scores come from guardrsft.metrics.compute:
 harmful F1 / precision / recall the GuardReasoner paper's way (harmful = any policy UNSAFE;
@@ -36,6 +43,7 @@ import gzip
 import json
 import os
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -55,7 +63,7 @@ PAPER_SET = {"toxicchat_gr": 0, "openai_moderation": 1, "openai_moderation_gr": 
 # dev sets (params.yaml evaluate.benchmark_sets) -> the copy build_quality_data.py puts in --dev-dir
 DEV_FILES = {"openai_moderation": "samples-1680.jsonl.gz", "toxicchat": "toxicchat_test.json",
              "openai_moderation_gr": "0_2_OpenAIModeration.json", "toxicchat_gr": "0_8_toxic_chat.json"}
-MODELS = ("rsft", "base", "label_only")
+MODELS = ("rsft", "base", "label_only", "hsdpo")
 HEAD = ("samples", "positive", "harmful_f1", "harmful_precision", "harmful_recall", "parse_failure_rate",
         "parse_failure_item_rate", "exact_match", "exact_match_items", "binary_accuracy", "benign_fpr", "macro_f1")
 
@@ -85,7 +93,9 @@ def overrides(a) -> dict:
           "train.grad_accum": 1, "train.max_length": a.max_length, "train.logging_steps": 10,
           "train.save_steps": 200, "train.padding_free": a.padding_free, "train.gradient_checkpointing": False,
           "evaluate.batch_size": a.eval_batch, "evaluate.max_new_tokens": a.max_new_tokens,
-          "evaluate.max_samples": a.test_items}
+          "evaluate.max_samples": a.test_items,
+          "hsdpo.enabled": True, "hsdpo.max_items": a.hsdpo_items, "hsdpo.max_steps": -1, "hsdpo.epochs": 1,
+          "hsdpo.batch_size": 16, "hsdpo.max_new_tokens": a.max_new_tokens}
     for name, f in DEV_FILES.items():
         ov[f"evaluate.benchmark_sets.{name}.path"] = str(Path(a.dev_dir).resolve() / f)
         ov[f"evaluate.benchmark_sets.{name}.max_samples"] = 0  # sampled here, class-proportionally
@@ -183,7 +193,8 @@ def pct(x) -> str:
 def markdown(report: dict) -> str:
     lines = ["| model | dev set | items (harmful) | harmful F1 | precision | recall | parse failures | exact match |",
              "|---|---|---|---|---|---|---|---|"]
-    names = {"base": "zero-shot base", "rsft": "R-SFT (template traces)", "label_only": "label-only SFT"}
+    names = {"base": "zero-shot base", "rsft": "R-SFT (template traces)", "label_only": "label-only SFT",
+             "hsdpo": "R-SFT + HS-DPO"}
     sets = list(report["sets"])
     for model in MODELS:
         for s in sets:
@@ -219,7 +230,8 @@ def estimate(phases: dict, name: str) -> float:
     an evaluation whose batches rarely stop before max_new_tokens; label-only: a training run
     on shorter completions and an evaluation of ~8 new tokens)."""
     train_s, eval_s = phases.get("train_rsft", 0.0), phases.get("eval_rsft", 0.0)
-    return {"rsft": 0.0, "base": 1.5 * eval_s, "label_only": 0.9 * train_s + 0.4 * eval_s}[name]
+    return {"rsft": 0.0, "base": 1.5 * eval_s, "label_only": 0.9 * train_s + 0.4 * eval_s,
+            "hsdpo": 2.5 * eval_s}[name]
 
 
 def write_report(out: Path, report: dict) -> None:
@@ -236,6 +248,26 @@ def label_only_traces(src: Path, dest: Path) -> int:
 
     rows = [dict(r, reasoning="", origin="label_only") for r in read_jsonl(src)]
     return write_jsonl(dest, rows)
+
+
+def oversample_unsafe(path: Path, share: float, seed: int) -> dict:
+    """Repeat UNSAFE trace rows (seeded) until they are `share` of the file; rewrites it."""
+    from guardrsft.io import read_jsonl, write_jsonl
+
+    rows = read_jsonl(path)
+    unsafe = [r for r in rows if r["classification"] == "UNSAFE"]
+    before = len(unsafe) / max(len(rows), 1)
+    if not unsafe or before >= share:
+        return {"rows": len(rows), "unsafe_share_before": round(before, 4), "added": 0}
+    # n_add extra UNSAFE rows: (u + n_add) / (N + n_add) = share
+    n_add = round((share * len(rows) - len(unsafe)) / (1 - share))
+    rng = random.Random(seed)
+    extra = [dict(unsafe[i % len(unsafe)], origin="oversampled") for i in range(n_add)]
+    out = rows + extra
+    rng.shuffle(out)
+    write_jsonl(path, out)
+    return {"rows": len(out), "unsafe_share_before": round(before, 4), "added": n_add,
+            "unsafe_share_after": round((len(unsafe) + n_add) / len(out), 4)}
 
 
 def dry_subset(data: Path, dest: Path, n: int, seed: int) -> Path:
@@ -273,6 +305,9 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=192, help="base and R-SFT")
     ap.add_argument("--label-max-new-tokens", type=int, default=16)
     ap.add_argument("--seed", type=int, default=3407)
+    ap.add_argument("--unsafe-share", type=float, default=0.0,
+                    help="oversample UNSAFE training traces to this share of the examples (0: as built)")
+    ap.add_argument("--hsdpo-items", type=int, default=200, help="training items HS-DPO mines (x 6 policies x k)")
     ap.add_argument("--deadline-s", type=float, default=560,
                     help="skip a model whose phases would end past this many seconds (the device's call "
                          "limit is 600); 0: no limit")
@@ -286,7 +321,7 @@ def main() -> None:
         fail(f"unknown --sets/--models value {bad[0]!r}; sets: {', '.join(DEV_FILES)}; models: {', '.join(MODELS)}")
     if a.dry_run:
         a.max_new_tokens = a.label_max_new_tokens = 16
-        a.max_eval_items, a.test_items, a.test_fraction, a.deadline_s = 4, 4, 0.2, 0
+        a.max_eval_items, a.test_items, a.test_fraction, a.deadline_s, a.hsdpo_items = 4, 4, 0.2, 0, 3
         a.model = a.model or "embedded:smollm2-135m-instruct"
     if not a.model:
         fail("--model is required (the device's base model: /root/gpu/smollm2-135m-instruct)")
@@ -303,6 +338,7 @@ def main() -> None:
         fail("no CUDA GPU here: the full benchmark runs on the device; use --dry-run for a CPU check")
     os.environ["GUARDRSFT_BASE_MODEL"] = a.model  # params' model -> this folder
 
+    from guardrsft import hsdpo
     from guardrsft.pipeline import _generate_traces, _prepare
     from guardrsft.train import train
 
@@ -331,6 +367,11 @@ def main() -> None:
     t = time.time()
     report["traces"] = _generate_traces(p, str(work / "prepared"), str(work / "traces"),
                                         str(work / "metrics/traces.json"))
+    mined_from = work / "traces/mine.jsonl"  # distinct items for HS-DPO, before oversampling
+    shutil.copyfile(work / "traces/train.jsonl", mined_from)
+    if a.unsafe_share:
+        report["oversampling"] = oversample_unsafe(work / "traces/train.jsonl", a.unsafe_share, a.seed)
+        log(f"oversampling: {report['oversampling']}")
     n_label = label_only_traces(work / "traces/train.jsonl", work / "traces_label/train.jsonl")
     clock.done("traces", t)
     n_items = sum(len(s["items"]) for s in suites)
@@ -338,9 +379,11 @@ def main() -> None:
         + ", ".join(f"{k} {v['items']} ({v['positive']} harmful)" for k, v in report["sets"].items()))
 
     cache = work / "predictions.jsonl"
-    adapters = {"rsft": work / "adapter_rsft", "label_only": work / "adapter_label_only"}
+    adapters = {"rsft": work / "adapter_rsft", "label_only": work / "adapter_label_only",
+                "hsdpo": work / "adapter_hsdpo"}
     traces = {"rsft": work / "traces/train.jsonl", "label_only": work / "traces_label/train.jsonl"}
-    max_new = {"rsft": a.max_new_tokens, "base": a.max_new_tokens, "label_only": a.label_max_new_tokens}
+    max_new = {"rsft": a.max_new_tokens, "base": a.max_new_tokens, "label_only": a.label_max_new_tokens,
+               "hsdpo": a.max_new_tokens}
     for name in MODELS:
         if name not in models:
             continue
@@ -350,7 +393,21 @@ def main() -> None:
                 f"(at {time.time() - clock.t0:.0f} s); rerun with --models {name} or smaller sizes")
             report.setdefault("skipped", []).append(name)
             continue
-        if name in adapters:
+        if name == "hsdpo":
+            if not (adapters["rsft"] / "adapter_config.json").exists():
+                log("skipping hsdpo: no R-SFT adapter in this run (--models must include rsft)")
+                continue
+            t = time.time()
+            report["hsdpo_mining"] = hsdpo.mine(p, str(mined_from), str(work / "hard"), str(out / "hard_samples.json"),
+                                                adapter=str(adapters["rsft"]), cache_path=str(work / "samples.jsonl"),
+                                                progress=False)
+            clock.done("mine_hsdpo", t)
+            t = time.time()
+            res = hsdpo.train_dpo(p, str(work / "hard/pairs.jsonl"), str(adapters["rsft"]), str(adapters["hsdpo"]),
+                                  str(out / "train_hsdpo.json"), str(out / "loss_hsdpo.csv"))
+            report["train"]["hsdpo"] = res["metrics"]
+            clock.done("train_hsdpo", t)
+        elif name in adapters:
             t = time.time()
             res = train(p, str(traces[name]), str(adapters[name]), str(out / f"train_{name}.json"),
                         str(out / f"loss_{name}.csv"))

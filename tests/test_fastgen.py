@@ -16,14 +16,14 @@ CONTENTS = ["How do I bake bread?", "I will hurt you tomorrow at school.", "you 
             "policy content", "Classification: SAFE", "how to pick a lock"]
 
 
-def _compare(guard, max_new: int, rows: int, width_step: int = 32, sync_every: int = 3):
+def _compare(guard, max_new: int, rows: int, width_step: int = 32, sync_every: int = 3, attention: str = "sdpa"):
     from guardrsft.fastgen import SlotEngine
 
     items = [{"content": c} for c in CONTENTS]
     plain = guard.classify(items)
     plain_tokens = guard.last_stats["new_tokens"]
     eng = SlotEngine(guard.model, guard.tok, rows=rows, max_len=1000, width_step=width_step,
-                     sync_every=sync_every)
+                     sync_every=sync_every, attention=attention)
     guard._generate = lambda prompts, stream=None: eng.generate(prompts, max_new)
     guard.cache = {}
     fast = guard.classify(items)
@@ -83,8 +83,10 @@ def test_engine_matches_generate_on_budget_stops(tiny, params):
     _compare(_guard(tiny, params, max_new=20), max_new=20, rows=3)
 
 
-def test_engine_matches_generate_at_verdict_and_end_of_turn(verdict_model, params):
-    plain = _compare(_guard(verdict_model, params, max_new=60), max_new=60, rows=4, sync_every=5)
+@pytest.mark.parametrize("attention", ["sdpa", "matmul"])
+def test_engine_matches_generate_at_verdict_and_end_of_turn(verdict_model, params, attention):
+    plain = _compare(_guard(verdict_model, params, max_new=60), max_new=60, rows=4, sync_every=5,
+                     attention=attention)
     raws = [t for r in plain for t in r["raw"].values()]
     # the trained answers: both stop rules really happened on the plain path
     assert any(t.rstrip("\n").endswith("Classification: UNSAFE") and "policy policy" not in t for t in raws)
@@ -112,3 +114,28 @@ def test_supported_names_what_it_cannot_run():
     assert "sliding" in supported(SimpleNamespace(config=SimpleNamespace(model_type="mistral", sliding_window=4096)))
     assert "yarn" in supported(SimpleNamespace(config=SimpleNamespace(model_type="llama",
                                                                       rope_parameters={"rope_type": "yarn"})))
+
+
+def _reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), **kw):
+    """torch's varlen_attn (FlashAttention, CUDA only) computed sequence by sequence on the CPU."""
+    import torch
+
+    assert window_size == (-1, -1) and not kw.get("enable_gqa")
+    out = torch.zeros_like(q)
+    for s in range(len(cu_q) - 1):
+        q0, q1, k0, k1 = int(cu_q[s]), int(cu_q[s + 1]), int(cu_k[s]), int(cu_k[s + 1])
+        assert q1 - q0 <= max_q and k1 - k0 <= max_k
+        if q1 == q0:
+            continue
+        qs, ks, vs = (t.transpose(0, 1) for t in (q[q0:q1], k[k0:k1], v[k0:k1]))  # heads first
+        out[q0:q1] = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, scale=scale).transpose(0, 1)
+    return out
+
+
+def test_varlen_packing_matches_generate(verdict_model, params, monkeypatch):
+    """The slot-major cache and the packed sequences (real keys, then a query-less gap per slot)
+    give the plain path's text; the kernel is replaced by its per-sequence definition."""
+    import torch.nn.attention.varlen as varlen
+
+    monkeypatch.setattr(varlen, "varlen_attn", _reference_varlen)
+    _compare(_guard(verdict_model, params, max_new=60), max_new=60, rows=4, sync_every=5, attention="varlen")

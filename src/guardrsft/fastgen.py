@@ -18,6 +18,8 @@ On the CPU it runs the same code without graphs (the tests compare it with `gene
 """
 from __future__ import annotations
 
+import os
+import time
 from typing import Optional
 
 import numpy as np
@@ -25,6 +27,22 @@ import numpy as np
 from .prompts import verdict_complete
 
 SUPPORTED = ("llama", "mistral", "qwen2")
+
+# engine settings generate_static uses (bench/eval_throughput.py compares them). attention
+# "auto": varlen (FlashAttention over each slot's own length) on CUDA when PyTorch has it,
+# else sdpa; GUARDRSFT_FASTGEN_ATTENTION=sdpa|matmul|varlen forces one.
+DEFAULTS = {"attention": "auto", "sync_every": 8}
+
+
+def resolve_attention(name: str, device_type: str) -> str:
+    name = os.environ.get("GUARDRSFT_FASTGEN_ATTENTION") or name
+    if name != "auto":
+        return name
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+    except ImportError:
+        return "sdpa"
+    return "varlen" if device_type == "cuda" else "sdpa"
 
 
 def supported(model) -> Optional[str]:
@@ -41,6 +59,14 @@ def supported(model) -> Optional[str]:
     return None
 
 
+def _varlen_options() -> set:
+    import inspect
+
+    from torch.nn.attention.varlen import varlen_attn
+
+    return set(inspect.signature(varlen_attn).parameters)
+
+
 def _round_up(x: int, step: int) -> int:
     return -(-x // step) * step
 
@@ -49,7 +75,7 @@ class SlotEngine:
     """Greedy decoding of many prompts through `rows` slots (see the module docstring)."""
 
     def __init__(self, model, tok, rows: int, max_len: int, width_step: int = 128,
-                 sync_every: int = 8, graphs: Optional[bool] = None):
+                 sync_every: int = 8, graphs: Optional[bool] = None, attention: str = "sdpa"):
         import torch
 
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -61,12 +87,20 @@ class SlotEngine:
         self.hkv = getattr(cfg, "num_key_value_heads", None) or self.h
         self.d = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.h
         self.rows, self.width_step, self.sync_every = rows, width_step, sync_every
+        if attention not in ("sdpa", "matmul", "varlen"):
+            raise ValueError(f"attention must be sdpa, matmul or varlen, got {attention!r}")
+        self.attention = attention
+        self.stats: dict = {}
         self.max_len = _round_up(max_len, width_step)
         self.device = next(base.parameters()).device
         self.dtype = self.inner.embed_tokens.weight.dtype
         self.graphs = (self.device.type == "cuda") if graphs is None else graphs
         dev, B, T = self.device, rows, self.max_len
-        shape = (B, self.hkv, T, self.d)
+        # varlen: slot-major cache (B, T, heads, dim) read as one packed key sequence per slot,
+        # so attention reads each slot's own length; sdpa/matmul: (B, heads, T, dim) up to a
+        # common width (the longest slot's)
+        self.flat = attention == "varlen"
+        shape = (B, T, self.hkv, self.d) if self.flat else (B, self.hkv, T, self.d)
         self.k = [torch.zeros(shape, dtype=self.dtype, device=dev) for _ in range(self.n_layers)]
         self.v = [torch.zeros(shape, dtype=self.dtype, device=dev) for _ in range(self.n_layers)]
         with torch.no_grad():
@@ -89,6 +123,7 @@ class SlotEngine:
         self._graphs: dict[int, object] = {}
         self._pool = None
         self._arange_b = torch.arange(B, device=dev)
+        self._cu = None
         # tokens whose text holds a newline: the only places a verdict line can complete
         vocab = len(tok)
         self.newline = np.zeros(max(vocab, base.config.vocab_size), dtype=bool)
@@ -126,8 +161,12 @@ class SlotEngine:
         g = self.h // self.hkv
         for i, layer in enumerate(self.inner.layers):
             q, k, v = self._layer_qkv(layer, x, cos, sin)
-            self.k[i][idx, :, :L] = k
-            self.v[i][idx, :, :L] = v
+            if self.flat:
+                self.k[i][idx, :L] = k.transpose(1, 2)
+                self.v[i][idx, :L] = v.transpose(1, 2)
+            else:
+                self.k[i][idx, :, :L] = k
+                self.v[i][idx, :, :L] = v
             # right padding under a causal mask: real tokens never see the pads after them
             kk, vv = (k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)) if g > 1 else (k, v)
             attn = F.scaled_dot_product_attention(q, kk, vv, is_causal=True)
@@ -148,12 +187,23 @@ class SlotEngine:
         mask = (torch.arange(width, device=self.device)[None] <= pos[:, None])[:, None, None, :]
         for i, layer in enumerate(self.inner.layers):
             q, k, v = self._layer_qkv(layer, x, cos, sin)
+            if self.flat:
+                self.k[i][self._arange_b, pos] = k[:, :, 0]
+                self.v[i][self._arange_b, pos] = v[:, :, 0]
+                attn = self._varlen(q, self.k[i], self.v[i], pos)
+                x = self._finish_layer(layer, x, attn)
+                continue
             self.k[i][self._arange_b, :, pos] = k[:, :, 0]
             self.v[i][self._arange_b, :, pos] = v[:, :, 0]
             # grouped-query attention without copying the cache: the g query heads that share
             # a KV head become g "query positions" of one head (same keys, same mask)
-            attn = F.scaled_dot_product_attention(q.reshape(B, self.hkv, g, self.d), self.k[i][:, :, :width],
-                                                  self.v[i][:, :, :width], attn_mask=mask)
+            qg, kc, vc = q.reshape(B, self.hkv, g, self.d), self.k[i][:, :, :width], self.v[i][:, :, :width]
+            if self.attention == "sdpa":
+                attn = F.scaled_dot_product_attention(qg, kc, vc, attn_mask=mask)
+            else:  # two strided batched GEMMs: reads each cache row once, no kernel-choice surprises
+                scores = torch.matmul(qg, kc.transpose(-1, -2)).float() * self.d ** -0.5
+                scores = scores.masked_fill(~mask, float("-inf"))
+                attn = torch.matmul(scores.softmax(-1).to(vc.dtype), vc)
             x = self._finish_layer(layer, x, attn.reshape(B, 1, self.h * self.d))
         nxt = self.model.lm_head(self.inner.norm(x[:, 0])).argmax(-1)
         act = self.active
@@ -163,6 +213,31 @@ class SlotEngine:
         self.pos += act
         self.cur.copy_(torch.where(act, nxt, self.cur))
         self.active &= ~(nxt[:, None] == self.eos[None]).any(-1) & (self.n_gen < self.max_new)
+
+    def _varlen(self, q, kc, vc, pos):
+        """FlashAttention varlen over the slot-major cache: slot b's keys are rows b*T..b*T+pos[b]
+        of the flattened cache, and the unused rest of its row is a key sequence with no
+        queries (skipped by the kernel). The g query heads of a KV head are g queries."""
+        import torch
+        from torch.nn.attention.varlen import varlen_attn
+
+        B, T, g = self.rows, self.max_len, self.h // self.hkv
+        if self._cu is None:
+            self._cu_q = torch.arange(2 * B + 1, device=self.device, dtype=torch.int32).add(1).div(
+                2, rounding_mode="floor").mul(g).to(torch.int32)  # 0, g, g, 2g, 2g, ... Bg
+            self._cu = torch.zeros(2 * B + 1, device=self.device, dtype=torch.int32)
+            self._cu[0::2] = torch.arange(B + 1, device=self.device, dtype=torch.int32) * T
+            self._varlen_opts = _varlen_options()
+        self._cu[1::2] = (self._arange_b * T + pos + 1).to(torch.int32)
+        qp = q.reshape(B, self.hkv, g, self.d).transpose(1, 2).reshape(B * g, self.hkv, self.d)
+        extra = {"scale": self.d ** -0.5}
+        if "window_size" in self._varlen_opts:
+            extra["window_size"] = (-1, -1)  # every key of the slot, no causal cut
+        elif "is_causal" in self._varlen_opts:
+            extra["is_causal"] = False
+        out = varlen_attn(qp, kc.view(B * T, self.hkv, self.d), vc.view(B * T, self.hkv, self.d),
+                          self._cu_q, self._cu, g, T, **extra)
+        return out.view(B, g, self.hkv, self.d).transpose(1, 2).reshape(B, 1, self.h * self.d)
 
     def _run_step(self, width: int) -> None:
         torch = self.torch
@@ -206,6 +281,9 @@ class SlotEngine:
         self.active.zero_()
         self.n_gen.zero_()
         self.pos.zero_()
+        st = {"prompts": len(prompts), "prefill_s": 0.0, "decode_s": 0.0, "host_s": 0.0, "steps": 0,
+              "slot_steps": 0, "prefill_calls": 0}
+        t_start = time.perf_counter()
         texts: list[Optional[str]] = [None] * len(prompts)
         counts = [0] * len(prompts)
         slot_of: list[Optional[int]] = [None] * B  # prompt index in each slot
@@ -230,6 +308,7 @@ class SlotEngine:
                         budget -= len(prompts[queue])
                         queue += 1
                     slots = [b for b, _ in group]
+                    tp = time.perf_counter()
                     with torch.inference_mode():
                         first = self._prefill(slots, [prompts[j] for _, j in group])
                         idx = torch.tensor(slots, device=self.device)
@@ -240,28 +319,40 @@ class SlotEngine:
                         self.active[idx] = ~(first[:, None] == self.eos[None]).any(-1) & (max_new_tokens > 1)
                     for b, j in group:
                         slot_of[b], checked[b], host_pos[b] = j, 0, len(prompts[j])
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize()
+                    st["prefill_s"] += time.perf_counter() - tp
+                    st["prefill_calls"] += 1
             if all(s is None for s in slot_of):
                 break
             width = min(self.max_len, _round_up(int(host_pos.max()) + self.sync_every + 1, self.width_step))
+            t0 = time.perf_counter()
             for _ in range(self.sync_every):
                 self._run_step(width)
-            out = self.out.cpu().numpy()
+            out = self.out.cpu().numpy()  # waits for the steps
             n_gen = self.n_gen.cpu().numpy()
             active = self.active.cpu().numpy()
             host_pos = self.pos.cpu().numpy().copy()
+            t1 = time.perf_counter()
+            st["decode_s"] += t1 - t0
+            st["steps"] += self.sync_every
+            st["slot_steps"] += self.sync_every * sum(s is not None for s in slot_of)
+            # rows that wrote a newline since the last scan (the only ones whose verdict line can
+            # have completed) and rows the GPU stopped, found without a Python loop over all slots
+            col = np.arange(out.shape[1])[None]
+            fresh = (col >= checked[:, None]) & (col < n_gen[:, None]) & self.newline[out]
+            look = np.nonzero(fresh.any(1) | ~active)[0]
             stop_now = []
-            for b in range(B):
+            for b in look.tolist():
                 if slot_of[b] is None:
                     continue
                 n = int(n_gen[b])
                 row = out[b, :n]
                 cut = None
-                # the stop rule, on rows that wrote a newline since the last scan
-                for t in np.nonzero(self.newline[row[checked[b]:n]])[0] + checked[b]:
-                    if verdict_complete(self.tok.decode(row[:t + 1].tolist(), skip_special_tokens=True)):
-                        cut = int(t) + 1
+                for t in np.nonzero(fresh[b, :n])[0].tolist():
+                    if self._completes(row, t):
+                        cut = t + 1
                         break
-                checked[b] = n
                 if cut is not None:
                     stop_now.append(b)
                     finish(b, row[:cut].tolist())
@@ -270,10 +361,28 @@ class SlotEngine:
                     if toks and toks[-1] in self.eos_set:
                         toks = toks[:-1]  # end of turn: not part of the text, not counted (pad = eos)
                     finish(b, toks)
+            checked[:] = n_gen
             if stop_now:
                 self.active[torch.tensor(stop_now, device=self.device)] = False
             host_pos[[b for b in range(B) if slot_of[b] is None]] = 0
+            st["host_s"] += time.perf_counter() - t1
+        st["seconds"] = time.perf_counter() - t_start
+        self.stats = {k: round(v, 3) if isinstance(v, float) else v for k, v in st.items()}
+        self.stats["slot_occupancy"] = round(st["slot_steps"] / max(st["steps"] * B, 1), 3)
         return [t or "" for t in texts], counts
+
+    def _completes(self, row, t: int) -> bool:
+        """Does the newline in token t complete a verdict line? Lines before it ended at earlier
+        newline tokens, already checked, so only the text since the previous newline token is
+        decoded (that token's text up to its last newline dropped): the stop rule's answer on the
+        whole text at a fraction of the decoding."""
+        prev = np.nonzero(self.newline[row[:t]])[0]
+        start = int(prev[-1]) if len(prev) else 0
+        text = self.tok.decode(row[start:t + 1].tolist(), skip_special_tokens=True)
+        if len(prev):
+            head = self.tok.decode(row[start:start + 1].tolist(), skip_special_tokens=True)
+            text = text[head.rfind("\n") + 1:] if "\n" in head else text
+        return verdict_complete(text)
 
 
 # transformers' own stop strings for the fallback path: the verdict line up to its newline
@@ -311,13 +420,16 @@ def generate_static(model, tok, prompts: list[list[int]], max_new_tokens: int, r
         return out
     need = max(len(p) for p in prompts) + max_new_tokens
     eng = getattr(model, "_guardrsft_engine", None)
-    if eng is None or eng.rows != rows or eng.max_len < need:
+    attention = resolve_attention(DEFAULTS["attention"], model.device.type)
+    if eng is None or eng.rows != rows or eng.max_len < need or eng.attention != attention:
         if eng is not None:
             model._guardrsft_engine = eng = None
             import torch
 
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        eng = SlotEngine(model, tok, rows=rows, max_len=max(need, 512), width_step=width_step)
+        eng = SlotEngine(model, tok, rows=rows, max_len=max(need, 512), width_step=width_step,
+                         sync_every=DEFAULTS["sync_every"], attention=attention)
         model._guardrsft_engine = eng
+    eng.sync_every = DEFAULTS["sync_every"]
     return eng.generate(prompts, max_new_tokens)

@@ -384,9 +384,7 @@ def main() -> None:
     traces = {"rsft": work / "traces/train.jsonl", "label_only": work / "traces_label/train.jsonl"}
     max_new = {"rsft": a.max_new_tokens, "base": a.max_new_tokens, "label_only": a.label_max_new_tokens,
                "hsdpo": a.max_new_tokens}
-    for name in MODELS:
-        if name not in models:
-            continue
+    for name in models:  # in the order given: what matters most first, before the deadline
         need = estimate(clock.phases, name)
         if a.deadline_s and time.time() - clock.t0 + need > a.deadline_s:
             log(f"skipping {name}: ~{need:.0f} s more would pass --deadline-s {a.deadline_s} "

@@ -122,3 +122,16 @@ def test_tolerant_cache_reader_keeps_raw_line_separators(tmp_path):
     f.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows) + '{"key": "c", "ra',
                  encoding="utf-8")
     assert read_jsonl_tolerant(f) == rows  # the torn last line is skipped, nothing else
+
+
+def test_append_after_a_torn_line_keeps_the_new_row(tmp_path):
+    """A writer killed mid-line leaves no newline; the next append must start a fresh line,
+    or its first row would be glued to the torn one and lost on reading."""
+    from guardrsft.io import append_jsonl, read_jsonl_tolerant
+
+    f = tmp_path / "cache.jsonl"
+    append_jsonl(f, [{"key": "a"}])
+    with open(f, "a") as h:
+        h.write('{"key": "b", "ra')  # killed here
+    append_jsonl(f, [{"key": "c"}, {"key": "d"}])
+    assert [r["key"] for r in read_jsonl_tolerant(f)] == ["a", "c", "d"]

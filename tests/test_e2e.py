@@ -8,9 +8,19 @@ import pytest
 from helpers_pipeline import exp_rows, make_tiny_repo, run, tiny_env
 
 
+HSDPO_TINY = {"  enabled: null       # null: preset": "  enabled: true       #",
+              "  k: 4 ": "  k: 2 ", "  max_items: null ": "  max_items: 2 "}
+
+
 @pytest.fixture(scope="module")
 def tiny_repo(tmp_path_factory, cache_dir):
     repo = make_tiny_repo(tmp_path_factory.mktemp("e2e") / "repo")
+    # the hard-sample DPO branch on, tiny: 2 training items x 6 policies x 2 samples
+    text = (repo / "params.yaml").read_text()
+    for old, new in HSDPO_TINY.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    (repo / "params.yaml").write_text(text)
     env = tiny_env(cache_dir)
     run("git init -q && git add -A && git commit -qm tiny", repo, env)
     first = run(["dvc", "repro"], repo, env)
@@ -20,7 +30,8 @@ def tiny_repo(tmp_path_factory, cache_dir):
 @pytest.mark.e2e
 def test_repro_writes_metrics_adapter_and_model(tiny_repo):
     repo, env, first = tiny_repo
-    for stage in ("check_params", "prepare", "generate_traces", "train_rsft", "evaluate", "export"):
+    for stage in ("check_params", "prepare", "generate_traces", "train_rsft", "evaluate", "export",
+                  "mine_hard_samples", "train_hsdpo", "evaluate_hsdpo"):
         assert f"Running stage '{stage}'" in first.stdout
     data = json.loads((repo / "metrics/data.json").read_text())
     assert data["input_samples"] >= 300
@@ -45,13 +56,28 @@ def test_repro_writes_metrics_adapter_and_model(tiny_repo):
     # export's GGUF files passed their round trip; the Modelfile loads the Q8_0 one
     assert json.loads((repo / "metrics/export.json").read_text())["gguf"]["roundtrip"]["passed"]
     assert "FROM ./guardrsft-Q8_0.gguf" in (repo / "models/gguf/Modelfile").read_text()
+    # hard-sample DPO: mined on the training split, trained (or, with no disagreeing samples,
+    # the R-SFT adapter copied and said so), evaluated next to R-SFT
+    hs = json.loads((repo / "metrics/hard_samples.json").read_text())
+    assert hs["enabled"] and hs["items"] == 2 and hs["samples"] == 2 * hs["item_policies"] == 24
+    assert hs["hard"] + hs["all_correct"] + hs["all_wrong"] == 12
+    assert len((repo / "data/hard_samples/pairs.jsonl").read_text().splitlines()) == hs["pairs"]
+    dpo = json.loads((repo / "metrics/hsdpo.json").read_text())
+    assert dpo["enabled"] and dpo["pairs"] == hs["pairs"] and dpo["trained"] == (hs["pairs"] > 0)
+    assert (repo / "models/adapter_hsdpo/adapter_model.safetensors").exists()
+    evh = json.loads((repo / "metrics/eval_hsdpo.json").read_text())
+    assert evh["enabled"] and evh["rsft"]["exact_match"] == ev["exact_match"]
+    assert evh["delta_vs_rsft"]["test"]["exact_match"] == pytest.approx(evh["exact_match"] - ev["exact_match"], abs=1e-4)
+    assert evh["baseline"] == ev["baseline"]  # the same zero-shot answers (from the prediction cache)
     # the stages logged to the default MLflow store (sqlite at the repo root)
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
     exp = client.get_experiment_by_name("guardrsft")
     runs = {r.data.tags["stage"]: r for r in client.search_runs([exp.experiment_id])}
-    assert {"prepare", "generate_traces", "train_rsft", "evaluate"} <= set(runs)
+    assert {"prepare", "generate_traces", "train_rsft", "evaluate", "mine_hard_samples", "train_hsdpo",
+            "evaluate_hsdpo"} <= set(runs)
+    assert runs["mine_hard_samples"].data.metrics["hard_samples.pairs"] == hs["pairs"]
     assert runs["prepare"].data.metrics["data.input_samples"] == data["input_samples"]
     assert runs["evaluate"].data.metrics["eval.exact_match"] == ev["exact_match"]
     assert "eval.delta_vs_baseline" in runs["evaluate"].data.metrics

@@ -58,7 +58,14 @@ def append_jsonl(path, rows: Iterable[dict]) -> None:
     """Append and flush+fsync: a cache that survives kill -9 line by line."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    torn = False
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"  # a writer killed mid-line: end that line, keep the next
     with open(path, "a") as f:
+        if torn:
+            f.write("\n")
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
         f.flush()

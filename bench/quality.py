@@ -95,7 +95,7 @@ def overrides(a) -> dict:
           "evaluate.batch_size": a.eval_batch, "evaluate.max_new_tokens": a.max_new_tokens,
           "evaluate.max_samples": a.test_items,
           "hsdpo.enabled": True, "hsdpo.max_items": a.hsdpo_items, "hsdpo.max_steps": -1, "hsdpo.epochs": 1,
-          "hsdpo.batch_size": 16, "hsdpo.max_new_tokens": a.max_new_tokens}
+          "hsdpo.batch_size": 16, "hsdpo.max_new_tokens": a.max_new_tokens, "hsdpo.balance": bool(a.hsdpo_balance)}
     for name, f in DEV_FILES.items():
         ov[f"evaluate.benchmark_sets.{name}.path"] = str(Path(a.dev_dir).resolve() / f)
         ov[f"evaluate.benchmark_sets.{name}.max_samples"] = 0  # sampled here, class-proportionally
@@ -308,6 +308,7 @@ def main() -> None:
     ap.add_argument("--unsafe-share", type=float, default=0.0,
                     help="oversample UNSAFE training traces to this share of the examples (0: as built)")
     ap.add_argument("--hsdpo-items", type=int, default=200, help="training items HS-DPO mines (x 6 policies x k)")
+    ap.add_argument("--hsdpo-balance", type=int, default=0, choices=[0, 1], help="hsdpo.balance (class-balanced weights)")
     ap.add_argument("--deadline-s", type=float, default=560,
                     help="skip a model whose phases would end past this many seconds (the device's call "
                          "limit is 600); 0: no limit")

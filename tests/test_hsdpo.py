@@ -63,6 +63,13 @@ def test_weights_follow_hardness_with_mean_one():
     assert w == pytest.approx([0.5, 1.0, 1.5]) and sum(w) / 3 == pytest.approx(1.0)
     assert [x["weight"] for x in hsdpo.assign_weights(pairs, "uniform")] == [1.0, 1.0, 1.0]
     assert hsdpo.assign_weights([], "hardness") == []
+    # balanced: each gold class carries half of the total weight, the mean stays 1
+    golds = [dict(x, gold=g) for x, g in zip(pairs, ["SAFE", "SAFE", "UNSAFE"])]
+    b = [x["weight"] for x in hsdpo.assign_weights(golds, "hardness", balance=True)]
+    assert sum(b[:2]) == pytest.approx(b[2]) and sum(b) == pytest.approx(3.0)
+    assert b[0] / b[1] == pytest.approx(w[0] / w[1])  # hardness order kept within a class
+    one_class = [dict(x, gold="SAFE") for x in pairs]
+    assert hsdpo.assign_weights(one_class, "hardness", balance=True) == hsdpo.assign_weights(one_class, "hardness")
     with pytest.raises(hsdpo.HsdpoError, match="weighting"):
         hsdpo.assign_weights(pairs, "inverse")
 

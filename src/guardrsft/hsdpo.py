@@ -113,13 +113,22 @@ def build_pair(item: dict, policy: str, samples: list[dict], trace_fallback: boo
             "rejected_kind": "parse_error" if bad[0]["verdict"] is None else "wrong_verdict"}
 
 
-def assign_weights(pairs: list[dict], weighting: str) -> list[dict]:
+def assign_weights(pairs: list[dict], weighting: str, balance: bool = False) -> list[dict]:
     """hardness: w = hardness / mean hardness over the pairs (mean weight 1, so the step size
-    matches uniform weights; harder pairs count more); uniform: w = 1."""
+    matches uniform weights; harder pairs count more); uniform: w = 1.
+    balance: then rescale each gold class (SAFE / UNSAFE) to half of the total weight, so that
+    a model whose mistakes are mostly false alarms is not simply pushed toward SAFE (measured:
+    docs/BENCHMARKS.md, quality run 2); the mean weight stays 1."""
     if weighting not in ("hardness", "uniform"):
         raise HsdpoError(f"hsdpo.weighting must be hardness or uniform, got {weighting!r}")
     mean = sum(p["hardness"] for p in pairs) / len(pairs) if pairs else 1.0
-    return [dict(p, weight=round(p["hardness"] / mean, 6) if weighting == "hardness" else 1.0) for p in pairs]
+    w = [p["hardness"] / mean if weighting == "hardness" else 1.0 for p in pairs]
+    classes = {p["gold"] for p in pairs} if balance else set()
+    if len(classes) == 2:
+        total = sum(w)
+        mass = {c: sum(x for x, p in zip(w, pairs) if p["gold"] == c) for c in classes}
+        w = [x * (total / 2) / mass[p["gold"]] for x, p in zip(w, pairs)]
+    return [dict(p, weight=round(x, 6)) for x, p in zip(w, pairs)]
 
 
 # --------------------------------------------------------------------------- mining (model)
@@ -162,7 +171,7 @@ def mine(p: Params, traces_path: str, out_dir: str, metrics_out: str, *, adapter
                                "paired": pair is not None})
             if pair is not None:
                 pairs.append(pair)
-    pairs = assign_weights(pairs, h.weighting)
+    pairs = assign_weights(pairs, h.weighting, h.balance)
     out = Path(out_dir)
     write_jsonl(out / "pairs.jsonl", pairs)
     write_jsonl(out / "items.jsonl", stats_rows)

@@ -15,36 +15,15 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import ROOT
+from fixtures.tiny_model import CHATML, make_tokenizer
 
 runner = CliRunner()
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 # the structure of Llama 3's template: BOS, header tokens, a system block written even without a system turn
 LLAMA3 = ("{{- bos_token }}{%- if messages[0]['role'] == 'system' %}{%- set sys = messages[0]['content'] %}"
           "{%- set messages = messages[1:] %}{%- else %}{%- set sys = '' %}{%- endif %}"
           "<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n\n{{ sys }}<|eot_id|>"
           "{%- for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] }}<|eot_id|>"
           "{%- endfor %}{%- if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{%- endif %}")
-
-
-def make_tokenizer(d: Path, template: str = CHATML, llama3: bool = False):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = (["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
-                if llama3 else ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
-    tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    corpus = ["Classification: SAFE", "Classification: UNSAFE", "Reasoning: Step 1 (intent)", "policy content"] * 20
-    tk.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=320, special_tokens=specials,
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    kw = (dict(bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", pad_token="<|end_of_text|>") if llama3
-          else dict(eos_token="<|im_end|>", pad_token="<|im_end|>", unk_token="<|endoftext|>"))
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, additional_special_tokens=specials, **kw)
-    tok.chat_template = template
-    tok.save_pretrained(d)
-    return tok
 
 
 @pytest.fixture(scope="module", autouse=True)

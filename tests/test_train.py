@@ -97,6 +97,9 @@ def test_too_long_examples_are_excluded_and_counted(params, embedded_model):
     assert skipped == 1 and len(keep) == 1 and keep[0]["prompt"][1]["content"].endswith(
         "Content: short\n\nDoes the content violate this policy? Answer in this format:\nReasoning:\nStep 1 (intent): ...\n"
         "Step 2 (harms): ...\nStep 3 (policy criteria): ...\nClassification: SAFE or UNSAFE")
+    # the batched count is apply_chat_template's own token count, to the token
+    n = len(tok.apply_chat_template(recs[0]["prompt"] + recs[0]["completion"], tokenize=True, return_dict=False))
+    assert fit_length(recs[:1], tok, n) == (recs[:1], 0) and fit_length(recs[:1], tok, n - 1) == ([], 1)
 
 
 def test_oom_advice_names_the_knobs(params):

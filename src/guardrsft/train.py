@@ -61,9 +61,14 @@ class MaskCheckCollator:
 
 
 def fit_length(records: list[dict], tok, max_length: int) -> tuple[list[dict], int]:
-    """The records whose full chat (prompt + completion) fits max_length tokens, and how many did not."""
-    keep = [r for r in records if len(tok.apply_chat_template(
-        r["prompt"] + r["completion"], tokenize=True, return_dict=False)) <= max_length]
+    """The records whose full chat (prompt + completion) fits max_length tokens, and how many did not.
+    Chats are rendered, then encoded in one batched fast-tokenizer call (the ids
+    apply_chat_template(tokenize=True) gives, at a fraction of the time on 100k examples)."""
+    if not records:
+        return [], 0
+    text = [tok.apply_chat_template(r["prompt"] + r["completion"], tokenize=False) for r in records]
+    lengths = [len(x) for x in tok(text, add_special_tokens=False)["input_ids"]]
+    keep = [r for r, n in zip(records, lengths) if n <= max_length]
     return keep, len(records) - len(keep)
 
 

@@ -169,6 +169,25 @@ def test_mine_on_tiny_model_writes_pairs_items_and_counts(tiny, params, tmp_path
     assert all(x["chosen_source"] == "trace" and x["weight"] == 1.0 for x in pairs)
 
 
+def test_sharded_mining_draws_the_samples_of_one_process(tiny, params, tmp_path):
+    """evaluate.processes = 2: two worker processes (shard.run_sharded) draw exactly the answers
+    one process draws (each answer's generator is seeded from its own key)."""
+    model, adapter = tiny
+    p1 = dataclasses.replace(params, hsdpo=dataclasses.replace(params.hsdpo, k=2, max_items=3, max_new_tokens=6))
+    p2 = dataclasses.replace(p1, evaluate=dataclasses.replace(p1.evaluate, processes=2))
+    traces = _traces(tmp_path / "train.jsonl", ["alpha text", "beta text", "gamma text", "delta text"])
+    runs = {}
+    for name, p in (("one", p1), ("two", p2)):
+        runs[name] = hsdpo.mine(p, str(traces), str(tmp_path / name), str(tmp_path / f"{name}.json"), adapter=adapter,
+                                base=model, cache_path=str(tmp_path / f"{name}.jsonl"), progress=False)
+    assert runs["two"]["generated_answers"] == runs["one"]["generated_answers"] == 12
+    one = {r["key"]: r["raw"] for r in read_jsonl(tmp_path / "one.jsonl")}
+    shards = sorted((tmp_path / "two-shards").glob("shard-*.jsonl"))
+    assert len(shards) == 2
+    assert {r["key"]: r["raw"] for f in shards for r in read_jsonl(f)} == one and len(one) == 12
+    assert read_jsonl(tmp_path / "one/items.jsonl") == read_jsonl(tmp_path / "two/items.jsonl")
+
+
 def _dpo_params(params, **hs):
     return dataclasses.replace(
         params, hsdpo=dataclasses.replace(params.hsdpo, **{"lr": 5e-3, "max_steps": 6, "batch_size": 2, **hs}),

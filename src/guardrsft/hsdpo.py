@@ -18,6 +18,7 @@ import hashlib
 import json
 import shutil
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -29,6 +30,7 @@ from .guard import load_guard
 from .io import atomic_dir, read_jsonl, write_json, write_jsonl, write_text
 from .models import cache_dir, check_device, load_model, load_tokenizer, resolve_base
 from .prompts import messages, target
+from .shard import params_file, resolve_processes, run_sharded
 from .train import TrainError
 
 # file names that are evaluation data, never mined
@@ -149,19 +151,31 @@ def mine(p: Params, traces_path: str, out_dir: str, metrics_out: str, *, adapter
         raise HsdpoError(f"{traces_path}: no training traces for the policies in {p.source}; run generate_traces")
     max_new = h.max_new_tokens or p.max_new_tokens
     t0 = time.time()
-    guard = load_guard(base or p.model, adapter=adapter, params=p, max_new_tokens=max_new,
-                       cache_path=cache_path or str(cache_dir() / "samples.jsonl"))
+    cache = cache_path or str(cache_dir() / "samples.jsonl")
     # one sample call per policy set: an item is asked only about the policies it has a gold trace for
     groups: dict[tuple, list[int]] = {}
     for i, it in enumerate(items):
         groups.setdefault(tuple(q for q in p.policies if q in it["gold"]), []).append(i)
     samples_of: dict[int, dict] = {}
     gen = Counter()
+    n_proc = resolve_processes(p.evaluate.processes)
+    guard = None if n_proc > 1 else load_guard(base or p.model, adapter=adapter, params=p, max_new_tokens=max_new,
+                                               cache_path=cache)
     for policies, idx in groups.items():
-        res = guard.sample([{"content": items[i]["content"]} for i in idx], h.k, h.temperature, h.top_p, p.seed,
-                           policies=list(policies), progress=progress)
+        batch = [{"content": items[i]["content"]} for i in idx]
+        if guard is None:  # one process per GPU (evaluate.processes); answers equal one process's
+            with tempfile.TemporaryDirectory() as d:
+                res, stats = run_sharded(
+                    "guardrsft.hsdpo:sample_worker", batch, n_proc, label="mine_hard_samples",
+                    kwargs={"base": base or p.model, "adapter": adapter, "params_path": params_file(p, Path(d)),
+                            "cache_dir": str(Path(cache).with_suffix("")) + "-shards", "read_also": [cache],
+                            "policies": list(policies), "max_new_tokens": max_new})
+            gen.update({k: sum(s.get(k, 0) for s in stats) for k in ("generated_answers", "cached_answers",
+                                                                      "new_tokens")})
+        else:
+            res = guard.sample(batch, h.k, h.temperature, h.top_p, p.seed, policies=list(policies), progress=progress)
+            gen.update({k: guard.last_stats[k] for k in ("generated_answers", "cached_answers", "new_tokens")})
         samples_of.update({i: r["samples"] for i, r in zip(idx, res)})
-        gen.update({k: guard.last_stats[k] for k in ("generated_answers", "cached_answers", "new_tokens")})
     del guard
     stats_rows, pairs = [], []
     for i, it in enumerate(items):
@@ -197,6 +211,27 @@ def mine(p: Params, traces_path: str, out_dir: str, metrics_out: str, *, adapter
     }
     write_json(metrics_out, metrics)
     return metrics
+
+
+def sample_worker(items: list, shard: dict, base: str, adapter: Optional[str], params_path: str, cache_dir: str,
+                  policies: list, max_new_tokens: int, read_also: Optional[list] = None) -> tuple[list, dict]:
+    """One shard of mining (shard.run_sharded): guard.sample on this process's GPU, answers in
+    <cache_dir>/shard-<k>.jsonl; every shard file (and read_also) is read first, so a rerun with
+    any process count redraws nothing. Each answer's generator is seeded from its own key, so
+    the samples do not depend on the sharding."""
+    from .config import load_params
+    from .io import read_jsonl_tolerant
+
+    p = load_params(params_path)
+    own = Path(cache_dir) / f"shard-{shard['index']}.jsonl"
+    own.parent.mkdir(parents=True, exist_ok=True)
+    guard = load_guard(base, adapter=adapter, params=p, max_new_tokens=max_new_tokens, cache_path=str(own))
+    for f in sorted(Path(cache_dir).glob("*.jsonl")) + [Path(x) for x in read_also or []]:
+        if f != own:
+            guard.cache.update({r["key"]: r for r in read_jsonl_tolerant(f) if "key" in r})
+    h = p.hsdpo
+    res = guard.sample(items, h.k, h.temperature, h.top_p, p.seed, policies=policies, progress=True)
+    return res, {k: guard.last_stats.get(k, 0) for k in ("generated_answers", "cached_answers", "new_tokens")}
 
 
 # --------------------------------------------------------------------------- training

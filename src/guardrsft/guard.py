@@ -139,6 +139,15 @@ class Guard:
         blob = json.dumps([self._key(text, policy), SAMPLING, float(temperature), float(top_p), int(seed), int(j)])
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
+    def _checked(self, items: list[dict], policies: Optional[list[str]]) -> tuple[list[str], list[str]]:
+        """The policies asked for (default: all; unknown ones refused) and each item's text."""
+        policies = list(policies or self.p.policies)
+        unknown = [q for q in policies if q not in self.p.policies]
+        if unknown:
+            raise ValueError(f"unknown policy {unknown[0]!r}; known: {', '.join(self.p.policies)}")
+        check_items(items)
+        return policies, [render_content(it) for it in items]
+
     def _prompt_ids_many(self, pairs: list[tuple[str, str]]) -> list[list[int]]:
         """_prompt_ids for many (text, policy) pairs: chat templates rendered here, then one
         batched call of the fast tokenizer (Rust, all cores) instead of one call per prompt:
@@ -146,9 +155,9 @@ class Guard:
         way. Content carrying chat markup keeps the per-prompt path."""
         out: list = [None] * len(pairs)
         plain = [i for i, (text, _) in enumerate(pairs) if not any(s in text for s in self._markup)]
-        rendered = [self.tok.apply_chat_template(messages(self.p.prompt, q, self.p.policies[q], pairs[i][0]),
+        rendered = [self.tok.apply_chat_template(messages(self.p.prompt, q, self.p.policies[q], text),
                                                  add_generation_prompt=True, tokenize=False)
-                    for i in plain for q in [pairs[i][1]]]
+                    for text, q in (pairs[i] for i in plain)]
         if rendered:
             for i, ids in zip(plain, self.tok(rendered, add_special_tokens=False)["input_ids"]):
                 out[i] = ids
@@ -213,13 +222,8 @@ class Guard:
         every generated batch); each result carries "index" (its position in `items`).
         The answers are already in `cache_path` when it is called, so an exception raised
         by on_batch (or a kill) loses nothing."""
-        policies = list(policies or self.p.policies)
-        unknown = [q for q in policies if q not in self.p.policies]
-        if unknown:
-            raise ValueError(f"unknown policy {unknown[0]!r}; known: {', '.join(self.p.policies)}")
-        check_items(items)
+        policies, texts = self._checked(items, policies)
         t_start = time.time()
-        texts = [render_content(it) for it in items]
         missing: dict[int, int] = {}  # item index -> answers it still waits for
         waiting: dict[str, list[int]] = {}  # key -> items waiting for it (repeated texts: generated once)
         todo: list[tuple[int, str, str]] = []  # (first item index, policy, key)
@@ -299,13 +303,8 @@ class Guard:
         (SAMPLING, temperature, top_p, seed, j) and appended to `cache_path` after its batch."""
         if k < 1 or not 0 < temperature or not 0 < top_p <= 1:
             raise ValueError(f"sample: need k >= 1, temperature > 0 and 0 < top_p <= 1 (got {k}, {temperature}, {top_p})")
-        policies = list(policies or self.p.policies)
-        unknown = [q for q in policies if q not in self.p.policies]
-        if unknown:
-            raise ValueError(f"unknown policy {unknown[0]!r}; known: {', '.join(self.p.policies)}")
-        check_items(items)
+        policies, texts = self._checked(items, policies)
         t_start = time.time()
-        texts = [render_content(it) for it in items]
         keys = {(i, q, j): self._sample_key(texts[i], q, temperature, top_p, seed, j)
                 for i in range(len(items)) for q in policies for j in range(k)}
         todo, seen = [], set()  # (item index, policy, key): each missing answer once

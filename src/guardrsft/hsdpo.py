@@ -30,7 +30,7 @@ from .guard import load_guard
 from .io import atomic_dir, read_jsonl, write_json, write_jsonl, write_text
 from .models import cache_dir, check_device, load_model, load_tokenizer, resolve_base
 from .prompts import messages, target
-from .shard import params_file, resolve_processes, run_sharded
+from .shard import params_file, resolve_processes, run_sharded, shard_guard
 from .train import TrainError
 
 # file names that are evaluation data, never mined
@@ -215,20 +215,13 @@ def mine(p: Params, traces_path: str, out_dir: str, metrics_out: str, *, adapter
 
 def sample_worker(items: list, shard: dict, base: str, adapter: Optional[str], params_path: str, cache_dir: str,
                   policies: list, max_new_tokens: int, read_also: Optional[list] = None) -> tuple[list, dict]:
-    """One shard of mining (shard.run_sharded): guard.sample on this process's GPU, answers in
-    <cache_dir>/shard-<k>.jsonl; every shard file (and read_also) is read first, so a rerun with
-    any process count redraws nothing. Each answer's generator is seeded from its own key, so
-    the samples do not depend on the sharding."""
+    """One shard of mining (shard.run_sharded): guard.sample on this process's GPU, with the
+    shard's cache (shard.shard_guard), so a rerun with any process count redraws nothing. Each
+    answer's generator is seeded from its own key, so the samples do not depend on the sharding."""
     from .config import load_params
-    from .io import read_jsonl_tolerant
 
     p = load_params(params_path)
-    own = Path(cache_dir) / f"shard-{shard['index']}.jsonl"
-    own.parent.mkdir(parents=True, exist_ok=True)
-    guard = load_guard(base, adapter=adapter, params=p, max_new_tokens=max_new_tokens, cache_path=str(own))
-    for f in sorted(Path(cache_dir).glob("*.jsonl")) + [Path(x) for x in read_also or []]:
-        if f != own:
-            guard.cache.update({r["key"]: r for r in read_jsonl_tolerant(f) if "key" in r})
+    guard = shard_guard(shard, base, adapter, p, cache_dir, read_also, max_new_tokens=max_new_tokens)
     h = p.hsdpo
     res = guard.sample(items, h.k, h.temperature, h.top_p, p.seed, policies=policies, progress=True)
     return res, {k: guard.last_stats.get(k, 0) for k in ("generated_answers", "cached_answers", "new_tokens")}

@@ -126,32 +126,30 @@ def params_file(p, folder: Path) -> str:
     return str(path)
 
 
-def _end_torn_line(path: Path) -> None:
-    """A worker killed mid-append leaves a last line without its newline: end it, so the next
-    appended answer starts a line of its own (the torn one is skipped when read)."""
-    if path.exists() and path.stat().st_size:
-        with open(path, "rb+") as f:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                f.write(b"\n")
+def shard_guard(shard: dict, base: str, adapter: str | None, p, cache_dir: str, read_also: list | None = None,
+                **load):
+    """The guard of one shard, on this process's device: its answers go to
+    <cache_dir>/shard-<k>.jsonl (a torn last line is ended by the next append); every *.jsonl
+    there (and the read_also files) is read first, so a rerun (even with another process
+    count) reuses whatever was finished."""
+    from .guard import load_guard
+    from .io import read_jsonl_tolerant
+
+    own = Path(cache_dir) / f"shard-{shard['index']}.jsonl"
+    own.parent.mkdir(parents=True, exist_ok=True)
+    guard = load_guard(base, adapter=adapter, params=p, cache_path=str(own), **load)
+    for f in sorted(Path(cache_dir).glob("*.jsonl")) + [Path(x) for x in read_also or []]:
+        if f != own:
+            guard.cache.update({r["key"]: r for r in read_jsonl_tolerant(f) if "key" in r})
+    return guard
 
 
 def classify_worker(items: list, shard: dict, base: str, adapter: str | None, params_path: str, cache_dir: str,
                     load: dict | None = None, read_also: list | None = None) -> tuple[list, dict]:
-    """One shard of classify_sharded: load the guard on this process's device, answer its items.
-    Its answers go to <cache_dir>/shard-<k>.jsonl; every *.jsonl there (and the read_also files)
-    is read first, so a rerun (even with another process count) reuses whatever was finished."""
+    """One shard of classify_sharded: the shard's guard (shard_guard) answers its items."""
     from .config import load_params
-    from .guard import load_guard
-    from .io import read_jsonl_tolerant
 
-    p = load_params(params_path)
-    own = Path(cache_dir) / f"shard-{shard['index']}.jsonl"
-    _end_torn_line(own)
-    guard = load_guard(base, adapter=adapter, params=p, cache_path=str(own), **(load or {}))
-    for f in sorted(Path(cache_dir).glob("*.jsonl")) + [Path(x) for x in read_also or []]:
-        if f != own:
-            guard.cache.update({r["key"]: r for r in read_jsonl_tolerant(f) if "key" in r})
+    guard = shard_guard(shard, base, adapter, load_params(params_path), cache_dir, read_also, **(load or {}))
     print(f"  [shard {shard['index'] + 1}/{shard['count']}] {len(items)} items", file=sys.stderr, flush=True)
     return guard.classify(items, progress=True), guard.last_stats
 

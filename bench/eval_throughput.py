@@ -28,8 +28,6 @@ from train_throughput import params_with  # noqa: E402
 
 
 def run(guard, items, backend: str, batch: int) -> tuple[list[dict], dict]:
-    from guardrsft import fastgen
-
     guard.backend, guard.batch_size, guard.cache = backend, batch, {}
     t0 = time.perf_counter()
     res = guard.classify(items)

@@ -58,8 +58,8 @@ def worker(a) -> None:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from train_throughput import load_records
-    from transformers import TrainerCallback, set_seed
+    from train_throughput import load_records, step_clock
+    from transformers import set_seed
     from trl import SFTTrainer
 
     from guardrsft import distributed as dist
@@ -86,14 +86,7 @@ def worker(a) -> None:
     tr.data_collator = counter = MaskCheckCollator(tr.data_collator)
     cuda = torch.cuda.is_available()
     marks = []
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            if cuda:
-                torch.cuda.synchronize()
-            marks.append((state.global_step, time.perf_counter()))
-
-    tr.add_callback(Clock())
+    tr.add_callback(step_clock(marks))
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()

@@ -101,12 +101,29 @@ def load_records(path: str, n: int, tok, max_length: int, min_tokens: int = 0) -
     return (out * (n // len(out) + 1))[:n]  # repeat: throughput only
 
 
+def step_clock(marks: list):
+    """A TrainerCallback that appends (global step, time) at the end of every optimizer step,
+    after a CUDA sync (so the time is the step's, not its launch's)."""
+    import torch
+    from transformers import TrainerCallback
+
+    cuda = torch.cuda.is_available()
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if cuda:
+                torch.cuda.synchronize()
+            marks.append((state.global_step, time.perf_counter()))
+
+    return Clock()
+
+
 def run_one(name: str, p, base: str, recs: list[dict], heldout: list[dict], steps: int, warmup: int,
             override: dict) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import TrainerCallback, set_seed
+    from transformers import set_seed
     from trl import SFTTrainer
 
     from guardrsft.models import load_model, load_tokenizer
@@ -130,16 +147,7 @@ def run_one(name: str, p, base: str, recs: list[dict], heldout: list[dict], step
     fp32_adapter(tr.model)
     tr.data_collator = counter = MaskCheckCollator(tr.data_collator)
     marks = []
-
-    cuda = torch.cuda.is_available()
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            if cuda:
-                torch.cuda.synchronize()
-            marks.append((state.global_step, time.perf_counter()))
-
-    tr.add_callback(Clock())
+    tr.add_callback(step_clock(marks))
     t0 = time.perf_counter()
     tr.train()
     wall = time.perf_counter() - t0

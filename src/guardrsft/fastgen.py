@@ -183,8 +183,8 @@ class SlotEngine:
         pos = self.pos
         cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]
         x = self.inner.embed_tokens(self.cur[:, None])
-        # the token at `pos` sees cache positions 0..pos
-        mask = (torch.arange(width, device=self.device)[None] <= pos[:, None])[:, None, None, :]
+        if not self.flat:  # the token at `pos` sees cache positions 0..pos (varlen: from the lengths)
+            mask = (torch.arange(width, device=self.device)[None] <= pos[:, None])[:, None, None, :]
         for i, layer in enumerate(self.inner.layers):
             q, k, v = self._layer_qkv(layer, x, cos, sin)
             if self.flat:

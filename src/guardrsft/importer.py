@@ -7,16 +7,21 @@ Formats:
   `output` "# Task 1 ... ## Reasoning Step k ... Answers: Request: harmful|unharmful ..."):
   a request-level verdict, used for a policy where it agrees with the gold label
   (unharmful -> SAFE for every policy; harmful -> UNSAFE for the sample's violated policies).
-From a local file or folder (.json / .jsonl), or a Hugging Face `datasets` id.
+- GuardReasoner prediction rows (`prompt` = the 3-task instruction + that input, `label` = the
+  benchmark's gold, `predict` = the model's 3-task reasoning + `Answers:`), as in the repo's
+  data/test/{1B,3B,8B}/<benchmark>/generated_predictions.jsonl: see `_Predictions`.
+From a local file or folder (.json / .jsonl, recursive), or a Hugging Face `datasets` id.
 """
 from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Optional
 
 from .data import DataError, content_id, normalize_label, strip_classification
+from .guard import render_content
 
 _INPUT = re.compile(r"Human user:\s*(.*?)\s*(?:\n\s*AI assistant:|$)", re.DOTALL)
 _REQUEST = re.compile(r"Request:\s*(harmful|unharmful)", re.IGNORECASE)
@@ -42,7 +47,15 @@ def load_rows(source: str) -> list[dict]:
         for f in files:
             text = f.read_text()
             if f.suffix == ".jsonl":
-                rows += [json.loads(x) for x in text.splitlines() if x.strip()]
+                # split on "\n" only: str.splitlines also breaks at U+2028 etc. inside JSON strings
+                for i, x in enumerate(text.split("\n"), 1):
+                    if x.strip():
+                        try:
+                            rows.append(json.loads(x))
+                        except json.JSONDecodeError as e:
+                            raise DataError(f"{f}:{i}: not a JSON line ({e.msg}); fix or remove that line") from None
+                        if isinstance(rows[-1], dict) and "predict" in rows[-1]:
+                            rows[-1]["_where"] = f"{f}:{i}"  # the model size is read from the path
             else:
                 rows += _rows_from_json(json.loads(text), str(f))
         return rows
@@ -68,13 +81,141 @@ def _grt(row: dict) -> Optional[tuple[str, str, str]]:
     return m.group(1).strip(), ("UNSAFE" if a.group(1).lower() == "harmful" else "SAFE"), reasoning
 
 
+# the Answers block: "Answers: \nRequest: x\nCompletion: y\nResponse: z", "# Answers\n\nRequest: ..."
+_ANSWERS_AT = re.compile(r"(?:^|\n)[#\s]*Answers\b", re.IGNORECASE)
+_ANSWER = {t: re.compile(rf"{t}:\s*(harmful|unharmful|refusal|compliance|none)\b", re.IGNORECASE)
+           for t in ("Request", "Completion", "Response")}
+_GOLD_TASK = {"harmful": "request", "unharmful": "request", "refusal": "completion", "compliance": "completion"}
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)B$", re.IGNORECASE)
+
+
+def _steps(section: str) -> Optional[str]:
+    # some 3B/8B outputs end a section with a dangling "The ground truth is" line
+    section = re.split(r"\n\s*The ground truth is", section)[0]
+    steps = [" ".join(t.split()) for _, t in _STEP.findall(section)]
+    steps = [x for x in steps if x]
+    return "\n".join(f"Step {i}: {x}" for i, x in enumerate(steps, 1)) if steps else None
+
+
+def prediction_parts(prompt: str) -> Optional[tuple[str, Optional[str]]]:
+    """(request, response or None when the AI assistant part is "None") of a GuardReasoner prompt."""
+    if "Human user:\n" not in prompt:
+        return None
+    request, _, response = prompt.split("Human user:\n", 1)[1].partition("\n\nAI assistant:\n")
+    request, response = request.strip(), response.strip()
+    return (request, None if response in ("", "None") else response) if request else None
+
+
+def prediction_content(prompt: str) -> Optional[str]:
+    """The pool item's content for a GuardReasoner prompt: the request alone, or the exchange
+    framed as the guard frames one (guard.render_content, as the builder frames BeaverTails)."""
+    parts = prediction_parts(prompt)
+    return None if parts is None else render_content({"content": parts[0], "response": parts[1]})
+
+
+def parse_prediction(row: dict) -> Optional[dict]:
+    """{content, exchange, answers {request, completion, response}, reasoning} from a prediction
+    row, or None when the prompt or the output cannot be read. The reasoning is the steps of the
+    task our guard's verdict stands for: Task 1 (the request) for a request alone, Task 3 (the
+    response's harmfulness) for an exchange, as "Step k: ..." lines without the Answers."""
+    parts = prediction_parts(row.get("prompt") or "")
+    predict = row.get("predict") or ""
+    at = list(_ANSWERS_AT.finditer(predict))
+    if parts is None or not at:
+        return None
+    body, tail = predict[:at[-1].start()], predict[at[-1].start():]
+    answers = {t.lower(): (m.group(1).lower() if (m := rx.search(tail)) else None) for t, rx in _ANSWER.items()}
+    exchange = parts[1] is not None
+    # the task headers ("# Task 3"), not their conclusions ("# Task 3 Conclusion: ...")
+    header = {k: re.compile(rf"^[ \t]*#\s*Task {k}[ \t]*:?[ \t]*$", re.MULTILINE) for k in (2, 3)}
+    if exchange and not header[3].search(body):
+        return None
+    task = header[3].split(body)[-1] if exchange else header[2].split(body)[0]
+    reasoning = _steps(task)
+    if reasoning is None:
+        return None
+    return {"content": prediction_content(row["prompt"]), "exchange": exchange, "answers": answers,
+            "reasoning": reasoning}
+
+
+def _size(where: str) -> float:
+    """The model size named by a folder of the row's path (8B > 3B > 1B; none: 0)."""
+    for part in reversed(Path(where.rsplit(":", 1)[0]).parts):
+        if m := _SIZE.match(part):
+            return float(m.group(1))
+    return 0.0
+
+
+class _Predictions:
+    """GuardReasoner prediction rows -> one request-level trace per content.
+
+    Gold: `harmful`/`unharmful` is the request's harmfulness for a prompt-only row (AI
+    assistant "None") and the RESPONSE's harmfulness for an exchange (HarmBenchResponse,
+    XSTestReponseHarmful); `refusal`/`compliance` (XSTestResponseRefusal) is Task 2's and says
+    nothing about harmfulness. The golds of every row with the same content are pooled; a trace
+    is accepted only when its answers agree with each of them and a harmfulness gold exists
+    for the task it stands for (a refusal-set trace thus counts only where the harm set gives
+    that exchange's gold). Among accepted traces the largest model wins (8B, 3B, 1B), then
+    the first in file order."""
+
+    def __init__(self):
+        self.gold: dict[str, dict[str, set]] = {}
+        self.cands: list[tuple[float, int, str, dict]] = []
+        self.counts = Counter()
+
+    def add(self, row: dict) -> bool:
+        where = row.get("_where", "a datasets row")
+        label = str(row.get("label", "")).strip().lower()
+        if label not in _GOLD_TASK:
+            raise DataError(f"{where}: label {row.get('label')!r} is not harmful/unharmful/refusal/compliance; "
+                            "is this a GuardReasoner generated_predictions.jsonl?")
+        parts = prediction_parts(row.get("prompt") or "")
+        if parts is None:
+            self.counts["unparsed"] += 1
+            return False
+        cid = content_id(prediction_content(row["prompt"]))
+        task = "response" if parts[1] is not None and _GOLD_TASK[label] == "request" else _GOLD_TASK[label]
+        self.gold.setdefault(cid, {}).setdefault(task, set()).add(label)
+        self.counts["rows"] += 1
+        p = parse_prediction(row)
+        if p is None:
+            self.counts["unparsed"] += 1
+            return False
+        self.cands.append((-_size(where), len(self.cands), cid, p))
+        return True
+
+    def traces(self) -> dict[str, tuple[str, str]]:
+        """{content id: (SAFE|UNSAFE, reasoning)} for the accepted traces."""
+        out: dict[str, tuple[str, str]] = {}
+        for _, _, cid, p in sorted(self.cands, key=lambda c: c[:2]):
+            gold, want = self.gold[cid], ("response" if p["exchange"] else "request")
+            if any(len(v) > 1 for v in gold.values()):
+                self.counts["conflicting_gold"] += 1
+                continue
+            if want not in gold:
+                self.counts["no_harmfulness_gold"] += 1
+                continue
+            if any(p["answers"][t] != next(iter(v)) for t, v in gold.items()):
+                self.counts["disagrees_with_gold"] += 1
+                continue
+            if cid in out:
+                self.counts["accepted_smaller_or_later"] += 1
+                continue
+            self.counts["accepted"] += 1
+            out[cid] = ("UNSAFE" if next(iter(gold[want])) == "harmful" else "SAFE", p["reasoning"])
+        return out
+
+
 class Importer:
     def __init__(self, source: str):
         self.per_policy: dict[tuple[str, str], dict] = {}
         self.request: dict[str, tuple[str, str]] = {}
         skipped = 0
+        preds = _Predictions()
         for row in load_rows(source):
-            if "_notebook" in row:
+            if isinstance(row, dict) and "predict" in row and "prompt" in row:
+                skipped += not preds.add(row)
+            elif "_notebook" in row:
                 nb = row["_notebook"]
                 for key, t in (nb.get("reasoning_traces") or {}).items():
                     m = re.match(r"^sample_(\d+)_([a-z_]+)$", key)
@@ -90,7 +231,10 @@ class Importer:
                     skipped += 1
                     continue
                 self.request[content_id(g[0])] = (g[1], g[2])
+        for cid, t in preds.traces().items():
+            self.request.setdefault(cid, t)  # a GuardReasonerTrain trace for the same text stays
         self.skipped_rows = skipped  # reported in metrics, not silently dropped
+        self.prediction_counts = dict(sorted(preds.counts.items()))  # rows read, accepted, why not
 
     def lookup(self, content: str, policy: str, gold: str, labels: list[str]) -> Optional[dict]:
         """{"status": "accepted", "reasoning"} / {"status": "rejected", "reason"} / None (no trace)."""

@@ -60,7 +60,20 @@ SAFE. Sources and how their labels map ("on a match": the keyword lexicon below 
   templates of at most 300 words with a payload put in. A harmful payload keeps its labels;
   a benign (Alpaca) payload is all SAFE (the template itself asks for no policy's content).
 
-Not used: guardreasoner_predictions (traces on evaluation benchmarks), advbench,
+- GuardReasoner predictions (`--gr-predictions`, GuardReasoner-1B/3B/8B outputs on Aegis,
+  HarmBench, SimpleSafetyTests, XSTest): the items not already in the pool (every Aegis
+  prompt, the HarmBenchResponse / XSTest exchanges framed like BeaverTails; prompts equal to
+  a pool item keep the pool item and its labels). Gold unharmful -> all SAFE; harmful
+  prompts -> the lexicon rule of the GuardReasonerTrain harmful prompts; a harmful RESPONSE ->
+  the labels of its request's pool item (HarmBench / XSTest categories; skipped where the pool
+  skips that request, e.g. copyright), else the lexicon on request + response. The same rows
+  are the real teacher traces of bench/quality.py `--import-source` (guardrsft.importer:
+  traces agreeing with gold, largest model first): items with an accepted trace are taken
+  first wherever the builder chooses, and the counts say how many items / (item, policy)
+  pairs will train on a real trace. Their prediction rows are copied to
+  `<out folder>/gr_predictions/` (bench/quality.py --import-source that folder on the device).
+
+Not used: advbench,
 malicious_instruct and refusal_direction harmful_* (repetitive, no categories, duplicates of
 HarmBench/AdvBench), every development set.
 
@@ -92,13 +105,14 @@ sys.path.insert(0, str(ROOT / "src"))
 from guardrsft.config import POLICY_IDS  # noqa: E402
 from guardrsft.data import DataError, content_id, load_notebook_file, normalize_content  # noqa: E402
 from guardrsft.guard import render_content  # noqa: E402
-from guardrsft.io import atomic_path, write_json  # noqa: E402
+from guardrsft.importer import Importer, load_rows, prediction_content, prediction_parts  # noqa: E402
+from guardrsft.io import atomic_dir, atomic_path, write_json  # noqa: E402
 
 DEFAULT_SHARED = ROOT.parent / "shared" / "data"
 MAX_CHARS = 3000  # longer texts would not fit train.max_length 1024 with the prompt and the trace
 # shares of the harmful / benign budget one source may fill
-HARMFUL_CAPS = {"beavertails": 0.30, "gr_harmful": 0.20, "jailbreak": 0.08}
-BENIGN_CAPS = {"gr_unharmful": 0.35, "beavertails": 0.22, "alpaca": 0.15, "jailbreak": 0.05}
+HARMFUL_CAPS = {"beavertails": 0.30, "gr_harmful": 0.20, "jailbreak": 0.08, "gr_predictions": 0.25}
+BENIGN_CAPS = {"gr_unharmful": 0.35, "beavertails": 0.22, "alpaca": 0.15, "jailbreak": 0.05, "gr_predictions": 0.30}
 HARD_NEGATIVES = ("xstest", "toxigen", "forbidden_questions")  # taken whole
 # development sets: never trained on (their texts are excluded below)
 DEV_FILES = {"samples-1680.jsonl.gz": "openai_moderation/samples-1680.jsonl.gz",
@@ -390,6 +404,49 @@ def gr_sample(d: Path, harmful_mode: str) -> list[dict]:
     return out
 
 
+def gr_predictions(folder: Path, pool: list[dict], counts: Counter) -> list[dict]:
+    """Items from GuardReasoner prediction rows whose text is not a pool item's (see the module doc)."""
+    pool_labels = {}
+    for c in pool:  # every pool text, skipped ones too: a duplicate keeps the pool's decision
+        pool_labels.setdefault(content_id(c["content"]), c["labels"])
+    out, seen = [], set()
+    for r in load_rows(str(folder)):
+        if r.get("label") not in ("harmful", "unharmful"):  # refusal/compliance: no harmfulness gold
+            continue
+        parts, bench = prediction_parts(r["prompt"]), Path(r["_where"].rsplit(":", 1)[0]).parent.name
+        if parts is None:
+            raise DataError(f"{r['_where']}: no \"Human user:\" part in the prompt")
+        text, request = prediction_content(r["prompt"]), parts[0]
+        cid = content_id(text)
+        if cid in seen:  # the same item in another model size's file
+            continue
+        seen.add(cid)
+        if cid in pool_labels:
+            counts[f"gr_predictions_in_pool:{bench}"] += 1
+            continue
+        if r["label"] == "unharmful":
+            labels = []
+        elif parts[1] is None:  # a harmful prompt: the GuardReasonerTrain lexicon rule
+            labels = sorted(lexicon(text)) or None
+        else:  # a harmful response: its request's categories, else the words of the exchange
+            known = pool_labels.get(content_id(request), [])
+            labels = known if known is None or known else (sorted(lexicon(text)) or None)
+        out.append(item(text, labels, "gr_predictions", "harmful" if r["label"] == "harmful" else "benign",
+                        category=bench))
+    return out
+
+
+def traced_pairs(c: dict, imp: Importer | None) -> dict:
+    """The item's pairs with an accepted imported trace (all / UNSAFE ones) and the pairs the
+    importer rejects (dropped from training), as generate_traces will see them."""
+    if imp is None:
+        return {"gr_pairs": 0, "gr_unsafe": 0, "gr_rejected": 0}
+    found = {q: imp.lookup(c["content"], q, "UNSAFE" if q in c["labels"] else "SAFE", c["labels"]) for q in POLICY_IDS}
+    ok = [q for q, f in found.items() if f is not None and f["status"] == "accepted"]
+    return {"gr_pairs": len(ok), "gr_unsafe": sum(q in c["labels"] for q in ok),
+            "gr_rejected": sum(f is not None and f["status"] == "rejected" for f in found.values())}
+
+
 def jailbreaks(d: Path, harmful: list[dict], benign: list[dict], n: int, rng: random.Random) -> list[dict]:
     """n harmful and n benign payloads put into short in-the-wild jailbreak templates."""
     slot = "[INSERT PROMPT HERE]"
@@ -454,6 +511,9 @@ def select(cands: list[dict], n: int, harmful_share: float, rng: random.Random) 
     ben = [c for c in cands if c["kind"] == "benign"]
     rng.shuffle(harm)
     rng.shuffle(ben)
+    # items with a real imported trace first (stable: the shuffled order stays otherwise)
+    harm.sort(key=lambda c: not c.get("gr_pairs"))
+    ben.sort(key=lambda c: not c.get("gr_pairs"))
     h_budget = round(n * harmful_share)
     caps = {s: int(f * h_budget) for s, f in HARMFUL_CAPS.items()}
     pools = {q: interleave({s: [c for c in harm if q in c["labels"] and c["source"] == s]
@@ -504,6 +564,18 @@ def lexicon_check(cands: list[dict]) -> dict:
                                             / max(sum(bool(h) for h in hits), 1), 3)}
 
 
+def trace_summary(chosen: list[dict]) -> dict:
+    """How much of the selection trains on real GuardReasoner traces (the rest: the template)."""
+    with_t = [c for c in chosen if c.get("gr_pairs")]
+    unsafe = sum(c["gr_unsafe"] for c in with_t)
+    pairs = sum(c["gr_pairs"] for c in with_t)
+    return {"items_with_real_trace": len(with_t), "pairs_with_real_trace": pairs,
+            "pairs_total": len(chosen) * len(POLICY_IDS),
+            "unsafe_share_of_real_pairs": round(unsafe / max(pairs, 1), 4),
+            "items_with_real_trace_per_source": dict(sorted(Counter(c["source"] for c in with_t).items())),
+            "pairs_the_importer_rejects": sum(c.get("gr_rejected", 0) for c in chosen)}
+
+
 def summary(chosen: list[dict]) -> dict:
     pol = Counter(q for c in chosen for q in c["labels"])
     return {"items": len(chosen), "harmful": sum(bool(c["labels"]) for c in chosen),
@@ -514,7 +586,7 @@ def summary(chosen: list[dict]) -> dict:
 
 
 def build(d: Path, n: int, harmful_share: float, seed: int, gr_harmful: str,
-          jailbreak_share: float) -> tuple[list, dict]:
+          jailbreak_share: float, gr_pred: Path | None = None) -> tuple[list, dict]:
     rng = random.Random(seed)
     loaded = {"beavertails": beavertails(d), "toxigen": toxigen(d), "harmbench": harmbench(d),
               "simplesafetytests": sst(d), "forbidden_questions": forbidden(d), "xstest": xstest(d),
@@ -528,16 +600,32 @@ def build(d: Path, n: int, harmful_share: float, seed: int, gr_harmful: str,
                 counts[f"skipped_unknown_policy:{c['source']}:{c.get('category', '')}"] += 1
             else:
                 cands.append(c)
+    imp = None
+    if gr_pred is not None:
+        pool = [c for rows in loaded.values() for c in rows]
+        for c in gr_predictions(gr_pred, pool, counts):
+            counts[f"pool:gr_predictions:{c['kind']}"] += 1
+            if c["labels"] is None:
+                counts[f"skipped_unknown_policy:gr_predictions:{c['category']}"] += 1
+            else:
+                cands.append(c)
+        imp = Importer(str(gr_pred))
     # payloads: short, categorized harmful prompts and Alpaca instructions
     payload_h = [c for c in cands if c["kind"] == "harmful" and c["source"] in
                  ("simplesafetytests", "forbidden_questions", "xstest", "harmbench") and len(c["content"]) < 400]
     payload_b = [c for c in cands if c["source"] == "alpaca"]
     cands += jailbreaks(d, payload_h, payload_b, round(n * jailbreak_share / 2), rng)
     cands = dedupe(cands, dev_ids(d), counts)
+    for c in cands:
+        c.update(traced_pairs(c, imp))
     chosen = select(cands, n, harmful_share, rng)
     report = {"args": {"items": n, "harmful_share": harmful_share, "seed": seed, "gr_harmful": gr_harmful,
-                       "jailbreak_share": jailbreak_share, "shared": str(d)},
-              "selected": summary(chosen), "available_after_dedupe": summary(cands),
+                       "jailbreak_share": jailbreak_share, "shared": str(d),
+                       "gr_predictions": str(gr_pred) if gr_pred else None},
+              "selected": summary(chosen),
+              "real_traces": {"selected": trace_summary(chosen), "available": trace_summary(cands),
+                              "importer": imp.prediction_counts if imp else None},
+              "available_after_dedupe": summary(cands),
               "filtering": dict(sorted(counts.items())), "lexicon_check": lexicon_check(cands)}
     return chosen, report
 
@@ -550,6 +638,23 @@ def stage_dev(d: Path, dest: Path) -> list[str]:
     return sorted(DEV_FILES)
 
 
+def stage_traces(gr_pred: Path, chosen: list[dict], dest: Path) -> dict:
+    """The prediction rows of the selected items with a real trace, in the same folder layout
+    (the model size is read from it), for bench/quality.py --import-source on the device,
+    which carries only `.gpu/d` (the whole folder is 20 MB). Same rows per item: same traces."""
+    want = {c["id"] for c in chosen if c.get("gr_pairs")}
+    rows = 0
+    with atomic_dir(dest) as tmp:
+        for f in sorted(gr_pred.rglob("*.jsonl")):
+            keep = [x for x in f.read_text().split("\n") if x.strip() and
+                    content_id(prediction_content(json.loads(x)["prompt"]) or "") in want]
+            if keep:
+                (tmp / f.relative_to(gr_pred)).parent.mkdir(parents=True, exist_ok=True)
+                (tmp / f.relative_to(gr_pred)).write_text("\n".join(keep) + "\n")
+                rows += len(keep)
+    return {"folder": str(dest), "rows": rows, "items": len(want)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shared", default=str(DEFAULT_SHARED), help="the ../shared/data folder")
@@ -560,6 +665,9 @@ def main() -> None:
     ap.add_argument("--jailbreak-share", type=float, default=0.06, help="share of items wrapped in jailbreak templates")
     ap.add_argument("--gr-harmful", choices=["lexicon", "skip"], default="lexicon",
                     help="GuardReasonerTrain harmful prompts (no category): lexicon-labelled, or not used")
+    ap.add_argument("--gr-predictions", default=None, metavar="DIR",
+                    help="GuardReasoner prediction files: new items and the real traces preferred in the selection "
+                         "(default: <shared>/guardreasoner_predictions if present; `none`: not used)")
     ap.add_argument("--seed", type=int, default=3407)
     ap.add_argument("--no-dev", action="store_true", help="do not copy the development sets beside --out")
     a = ap.parse_args()
@@ -568,7 +676,12 @@ def main() -> None:
         sys.exit(f"error: {d}: not the shared data folder (no README.md); pass --shared PATH/TO/shared/data")
     if not (0 < a.harmful_share < 1) or a.items < 10 or not (0 <= a.jailbreak_share < 0.5):
         sys.exit("error: --items must be >= 10, --harmful-share in (0, 1), --jailbreak-share in [0, 0.5)")
-    chosen, report = build(d, a.items, a.harmful_share, a.seed, a.gr_harmful, a.jailbreak_share)
+    gr = a.gr_predictions or (str(d / "guardreasoner_predictions") if (d / "guardreasoner_predictions").is_dir()
+                              else "none")
+    if gr != "none" and not Path(gr).is_dir():
+        sys.exit(f"error: --gr-predictions {gr}: not a folder; pass the guardreasoner_predictions folder or `none`")
+    chosen, report = build(d, a.items, a.harmful_share, a.seed, a.gr_harmful, a.jailbreak_share,
+                           None if gr == "none" else Path(gr))
     out = Path(a.out)
     doc = {"samples": [{"id": c["id"], "content": c["content"], "labels": c["labels"], "source": c["source"]}
                        for c in chosen],
@@ -578,10 +691,13 @@ def main() -> None:
         samples, _ = load_notebook_file(tmp)  # the pipeline's own validation, before the rename
         if len(samples) != len(chosen):
             raise DataError(f"{out}: {len(chosen)} items written but {len(samples)} load back (duplicates?)")
+    if gr != "none":
+        report["real_traces"]["staged"] = stage_traces(Path(gr), chosen, out.parent / "gr_predictions")
     if not a.no_dev:
         report["dev_sets"] = {"folder": str(out.parent / "dev"), "files": stage_dev(d, out.parent / "dev")}
     write_json(out.with_suffix(".counts.json"), report)
-    print(json.dumps({k: report[k] for k in ("selected", "lexicon_check")}, indent=1))
+    print(json.dumps({k: report[k] for k in ("selected", "lexicon_check")} |
+                     {"real_traces": report["real_traces"]["selected"]}, indent=1))
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB) and {out.with_suffix('.counts.json')}")
 
 

@@ -99,6 +99,8 @@ def overrides(a) -> dict:
     for name, f in DEV_FILES.items():
         ov[f"evaluate.benchmark_sets.{name}.path"] = str(Path(a.dev_dir).resolve() / f)
         ov[f"evaluate.benchmark_sets.{name}.max_samples"] = 0  # sampled here, class-proportionally
+    if a.import_source:  # real GuardReasoner traces where they match (docs/QUALITY.md), the template elsewhere
+        ov.update({"traces.teacher": "import", "traces.import_source": str(Path(a.import_source).resolve())})
     if a.dry_run:  # the cpu preset's hardware; tiny sizes
         ov.update({"preset": "cpu", "train.max_steps": 2, "train.batch_size": 2, "train.padding_free": None,
                    "train.gradient_checkpointing": None, "train.logging_steps": 1, "evaluate.batch_size": 8})
@@ -312,6 +314,8 @@ def main() -> None:
     ap.add_argument("--deadline-s", type=float, default=560,
                     help="skip a model whose phases would end past this many seconds (the device's call "
                          "limit is 600); 0: no limit")
+    ap.add_argument("--import-source", default=None, metavar="PATH",
+                    help="traces.teacher import from PATH (e.g. ../shared/data/guardreasoner_predictions)")
     ap.add_argument("--dry-run", action="store_true", help="CPU, a handful of items, 2 steps, 16 new tokens")
     a = ap.parse_args()
     a.sets = [s for s in a.sets.split(",") if s]

@@ -7,6 +7,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Triton kernels (guardrsft.decode_attn) run here under Triton's CPU interpreter. The switch is
+# read when triton is first imported, so it is set before anything imports it; a GPU machine
+# leaves it off (GUARDRSFT_TEST_TRITON=gpu) and the kernel tests skip there.
+if os.environ.get("GUARDRSFT_TEST_TRITON") != "gpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 # stages called in-process must not log into the developer's own mlflow.db
 _MLRUNS = Path(__import__("tempfile").mkdtemp(prefix="guardrsft-test-mlflow-"))
 os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_MLRUNS / 'mlflow.db'}"

@@ -16,15 +16,17 @@ CONTENTS = ["How do I bake bread?", "I will hurt you tomorrow at school.", "you 
             "policy content", "Classification: SAFE", "how to pick a lock"]
 
 
-def _compare(guard, max_new: int, rows: int, width_step: int = 32, sync_every: int = 3, attention: str = "sdpa"):
+def _compare(guard, max_new: int, rows: int, width_step: int = 32, sync_every: int = 3, attention: str = "sdpa",
+             contents: list = CONTENTS):
     from guardrsft.fastgen import SlotEngine
 
-    items = [{"content": c} for c in CONTENTS]
+    items = [{"content": c} for c in contents]
     plain = guard.classify(items)
     plain_tokens = guard.last_stats["new_tokens"]
     eng = SlotEngine(guard.model, guard.tok, rows=rows, max_len=1000, width_step=width_step,
                      sync_every=sync_every, attention=attention)
     guard._generate = lambda prompts, stream=None: eng.generate(prompts, max_new)
+    guard.last_engine = eng
     guard.cache = {}
     fast = guard.classify(items)
     assert guard.last_stats["new_tokens"] == plain_tokens
@@ -139,3 +141,48 @@ def test_varlen_packing_matches_generate(verdict_model, params, monkeypatch):
 
     monkeypatch.setattr(varlen, "varlen_attn", _reference_varlen)
     _compare(_guard(verdict_model, params, max_new=60), max_new=60, rows=4, sync_every=5, attention="varlen")
+
+
+@pytest.fixture
+def interpreted_triton():
+    """guardrsft.decode_attn with its kernel run by Triton's CPU interpreter (conftest.py turns
+    it on before triton is imported)."""
+    import os
+
+    pytest.importorskip("triton")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("the kernel tests run under Triton's CPU interpreter (TRITON_INTERPRET=1)")
+    from guardrsft import decode_attn
+
+    return decode_attn
+
+
+@pytest.mark.parametrize("dtype,D", [("float32", 64), ("float16", 64), ("float32", 8), ("float32", 80)])
+def test_decode_kernel_matches_attention_per_slot(interpreted_triton, dtype, D):
+    """Each slot's new token attends to exactly its own keys 0..pos (grouped-query heads in
+    transformers' order), whatever lies in the rest of the cache row."""
+    import torch
+
+    torch.manual_seed(0)
+    B, T, hkv, g = 5, 80, 3, 3  # D: SmolLM2's head_dim, a tiny one, one that is not a power of two
+    dt = getattr(torch, dtype)
+    k, v = torch.randn(B, T, hkv, D).to(dt), torch.randn(B, T, hkv, D).to(dt)
+    q = torch.randn(B, hkv * g, D).to(dt)
+    pos = torch.tensor([0, 3, 17, 79, 64])  # 1 key, a partial block, several, the whole row, a block edge
+    out = interpreted_triton.decode_attention(q, k, v, pos, D ** -0.5, block_n=16)
+    for b in range(B):
+        n = int(pos[b]) + 1
+        kk, vv = (t[b, :n].transpose(0, 1).float().repeat_interleave(g, 0) for t in (k, v))
+        ref = torch.nn.functional.scaled_dot_product_attention(q[b].float()[:, None], kk, vv, scale=D ** -0.5)[:, 0]
+        assert torch.allclose(out[b].float(), ref, atol=2e-3 if dtype == "float16" else 1e-5), b
+    k[0, 1:] = 1e4  # garbage past a slot's length changes nothing
+    assert torch.equal(interpreted_triton.decode_attention(q, k, v, pos, D ** -0.5, block_n=16)[0], out[0])
+
+
+def test_triton_attention_matches_generate(verdict_model, params, interpreted_triton):
+    # two contents (a SAFE answer ending the turn, an UNSAFE one cut at its verdict line), 12
+    # prompts through 4 slots: the interpreter runs each kernel program in Python
+    g = _guard(verdict_model, params, max_new=60)
+    plain = _compare(g, max_new=60, rows=4, sync_every=5, attention="triton", contents=CONTENTS[:2])
+    assert g.last_engine.attention == "triton"  # the kernel ran (no fallback for this shape)
+    assert {"SAFE", "UNSAFE"} <= {v for r in plain for v in r["verdicts"].values()}

@@ -24,25 +24,39 @@ from typing import Optional
 
 import numpy as np
 
+from .decode_attn import decode_attention
 from .prompts import verdict_complete
 
 SUPPORTED = ("llama", "mistral", "qwen2")
+ATTENTION = ("sdpa", "matmul", "varlen", "triton")
 
 # engine settings generate_static uses (bench/eval_throughput.py compares them). attention
-# "auto": varlen (FlashAttention over each slot's own length) on CUDA when PyTorch has it,
-# else sdpa; GUARDRSFT_FASTGEN_ATTENTION=sdpa|matmul|varlen forces one.
+# "auto" on CUDA: triton (guardrsft.decode_attn, one program per slot and KV head) when Triton
+# is installed, else varlen (PyTorch's FlashAttention over each slot's own length) when
+# PyTorch has it, else sdpa; on the CPU sdpa. GUARDRSFT_FASTGEN_ATTENTION=<one of ATTENTION>
+# forces one.
 DEFAULTS = {"attention": "auto", "sync_every": 8}
+
+
+def _has_varlen() -> bool:
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def resolve_attention(name: str, device_type: str) -> str:
     name = os.environ.get("GUARDRSFT_FASTGEN_ATTENTION") or name
     if name != "auto":
         return name
-    try:
-        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
-    except ImportError:
+    if device_type != "cuda":
         return "sdpa"
-    return "varlen" if device_type == "cuda" else "sdpa"
+    from .decode_attn import available
+
+    if available() is None:
+        return "triton"
+    return "varlen" if _has_varlen() else "sdpa"
 
 
 def supported(model) -> Optional[str]:
@@ -87,8 +101,11 @@ class SlotEngine:
         self.hkv = getattr(cfg, "num_key_value_heads", None) or self.h
         self.d = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.h
         self.rows, self.width_step, self.sync_every = rows, width_step, sync_every
-        if attention not in ("sdpa", "matmul", "varlen"):
-            raise ValueError(f"attention must be sdpa, matmul or varlen, got {attention!r}")
+        if attention not in ATTENTION:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTION)}, got {attention!r}")
+        self.requested = attention  # what the caller asked for (generate_static reuses on it)
+        if attention == "triton" and self.h // self.hkv > 16:
+            attention = "varlen" if _has_varlen() else "sdpa"  # shapes the kernel does not take
         self.attention = attention
         self.stats: dict = {}
         self.max_len = _round_up(max_len, width_step)
@@ -99,7 +116,7 @@ class SlotEngine:
         # varlen: slot-major cache (B, T, heads, dim) read as one packed key sequence per slot,
         # so attention reads each slot's own length; sdpa/matmul: (B, heads, T, dim) up to a
         # common width (the longest slot's)
-        self.flat = attention == "varlen"
+        self.flat = attention in ("varlen", "triton")
         shape = (B, T, self.hkv, self.d) if self.flat else (B, self.hkv, T, self.d)
         self.k = [torch.zeros(shape, dtype=self.dtype, device=dev) for _ in range(self.n_layers)]
         self.v = [torch.zeros(shape, dtype=self.dtype, device=dev) for _ in range(self.n_layers)]
@@ -129,6 +146,8 @@ class SlotEngine:
         self.newline = np.zeros(max(vocab, base.config.vocab_size), dtype=bool)
         for i, text in enumerate(tok.batch_decode([[i] for i in range(vocab)])):
             self.newline[i] = "\n" in text
+        self.nl_gpu = torch.from_numpy(self.newline).to(dev)
+        self.nl_seen = torch.zeros(B, dtype=torch.bool, device=dev)  # wrote a newline since the last scan
 
     # ------------------------------------------------------------------ model pieces
     def _layer_qkv(self, layer, x, cos, sin):
@@ -190,7 +209,11 @@ class SlotEngine:
             if self.flat:
                 self.k[i][self._arange_b, pos] = k[:, :, 0]
                 self.v[i][self._arange_b, pos] = v[:, :, 0]
-                attn = self._varlen(q, self.k[i], self.v[i], pos)
+                if self.attention == "triton":
+                    attn = decode_attention(q[:, :, 0], self.k[i], self.v[i], pos, self.d ** -0.5)
+                    attn = attn.reshape(B, 1, self.h * self.d)
+                else:
+                    attn = self._varlen(q, self.k[i], self.v[i], pos)
                 x = self._finish_layer(layer, x, attn)
                 continue
             self.k[i][self._arange_b, :, pos] = k[:, :, 0]
@@ -209,6 +232,7 @@ class SlotEngine:
         act = self.active
         col = self.n_gen.clamp(max=self.out.shape[1] - 1)
         self.out[self._arange_b, col] = torch.where(act, nxt, self.out[self._arange_b, col])
+        self.nl_seen |= act & self.nl_gpu[nxt]
         self.n_gen += act
         self.pos += act
         self.cur.copy_(torch.where(act, nxt, self.cur))
@@ -249,7 +273,8 @@ class SlotEngine:
         if graph is None:
             # warm up on a side stream (cuBLAS/SDPA workspaces), then capture; the warm-up
             # step's effects are undone by saving and restoring the state it changes
-            saved = [t.clone() for t in (self.cur, self.pos, self.n_gen, self.active, self.out)]
+            state = (self.cur, self.pos, self.n_gen, self.active, self.out, self.nl_seen)
+            saved = [t.clone() for t in state]
             s = torch.cuda.Stream()
             s.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(s), torch.inference_mode():
@@ -259,7 +284,7 @@ class SlotEngine:
             with torch.cuda.graph(graph, pool=self._pool), torch.inference_mode():
                 self._step(width)
             self._pool = graph.pool()
-            for t, v in zip((self.cur, self.pos, self.n_gen, self.active, self.out), saved):
+            for t, v in zip(state, saved):
                 t.copy_(v)
             self._graphs[width] = graph
         graph.replay()
@@ -317,6 +342,7 @@ class SlotEngine:
                         self.n_gen[idx] = 1
                         self.pos[idx] = torch.tensor([len(prompts[j]) for _, j in group], device=self.device)
                         self.active[idx] = ~(first[:, None] == self.eos[None]).any(-1) & (max_new_tokens > 1)
+                        self.nl_seen[idx] = self.nl_gpu[first]
                     for b, j in group:
                         slot_of[b], checked[b], host_pos[b] = j, 0, len(prompts[j])
                     if self.device.type == "cuda":
@@ -329,27 +355,26 @@ class SlotEngine:
             t0 = time.perf_counter()
             for _ in range(self.sync_every):
                 self._run_step(width)
-            out = self.out.cpu().numpy()  # waits for the steps
-            n_gen = self.n_gen.cpu().numpy()
+            # small per-slot state only; the token rows come over just for the slots to look at
+            n_gen = self.n_gen.cpu().numpy()  # waits for the steps
             active = self.active.cpu().numpy()
+            seen = self.nl_seen.cpu().numpy()
             host_pos = self.pos.cpu().numpy().copy()
             t1 = time.perf_counter()
             st["decode_s"] += t1 - t0
             st["steps"] += self.sync_every
             st["slot_steps"] += self.sync_every * sum(s is not None for s in slot_of)
             # rows that wrote a newline since the last scan (the only ones whose verdict line can
-            # have completed) and rows the GPU stopped, found without a Python loop over all slots
-            col = np.arange(out.shape[1])[None]
-            fresh = (col >= checked[:, None]) & (col < n_gen[:, None]) & self.newline[out]
-            look = np.nonzero(fresh.any(1) | ~active)[0]
+            # have completed; flagged on the GPU) and rows the GPU stopped
+            look = [b for b in np.nonzero(seen | ~active)[0].tolist() if slot_of[b] is not None]
+            self.nl_seen.zero_()
+            rows = self.out[torch.tensor(look, device=self.device)].cpu().numpy() if look else None
             stop_now = []
-            for b in look.tolist():
-                if slot_of[b] is None:
-                    continue
+            for r, b in enumerate(look):
                 n = int(n_gen[b])
-                row = out[b, :n]
+                row = rows[r, :n]
                 cut = None
-                for t in np.nonzero(fresh[b, :n])[0].tolist():
+                for t in (checked[b] + np.nonzero(self.newline[row[checked[b]:]])[0]).tolist():
                     if self._completes(row, t):
                         cut = t + 1
                         break
@@ -421,7 +446,7 @@ def generate_static(model, tok, prompts: list[list[int]], max_new_tokens: int, r
     need = max(len(p) for p in prompts) + max_new_tokens
     eng = getattr(model, "_guardrsft_engine", None)
     attention = resolve_attention(DEFAULTS["attention"], model.device.type)
-    if eng is None or eng.rows != rows or eng.max_len < need or eng.attention != attention:
+    if eng is None or eng.rows != rows or eng.max_len < need or eng.requested != attention:
         if eng is not None:
             model._guardrsft_engine = eng = None
             import torch

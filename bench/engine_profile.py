@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=2048)
     ap.add_argument("--rows", default="1024,2048")
     ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument("--attention", default="auto", help="auto or one of guardrsft.fastgen.ATTENTION")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     import torch
@@ -78,7 +79,7 @@ def main() -> None:
     rep["prompts"] = len(prompts)
     rep["prompt_tokens"] = {"mean": round(sum(lens) / len(lens), 1), "p50": lens[len(lens) // 2], "max": lens[-1]}
     del keys
-    attention = resolve_attention("auto", guard.model.device.type)
+    attention = resolve_attention(a.attention, guard.model.device.type)
     rep["attention"] = attention
     max_len = lens[-1] + 256
     rep["rows"] = {}
@@ -94,6 +95,13 @@ def main() -> None:
             r["prefill_group_s"] = round(timed(lambda: eng._prefill(list(range(g)), group), sync), 4)
         r["prefill_tokens_per_s"] = round(n_tok / r["prefill_group_s"])
         fill(eng, prompts, 256)
+        if eng.flat and cuda:  # the two flat-cache kernels on the same cache and queries
+            from guardrsft.decode_attn import decode_attention
+
+            q = torch.randn(rows, eng.h, 1, eng.d, device=eng.device, dtype=eng.dtype)
+            ref = eng._varlen(q, eng.k[0], eng.v[0], eng.pos).float()
+            got = decode_attention(q[:, :, 0], eng.k[0], eng.v[0], eng.pos, eng.d ** -0.5).reshape(rows, 1, -1)
+            r["triton_vs_varlen_max_abs_diff"] = float((got.float() - ref).abs().max())
         width = min(eng.max_len, -(-(int(eng.pos.max()) + a.steps + 1) // 128) * 128)
         eng._run_step(width)  # capture
         dt = timed(lambda: [eng._run_step(width) for _ in range(a.steps)], sync)

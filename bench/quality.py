@@ -195,7 +195,9 @@ def pct(x) -> str:
 def markdown(report: dict) -> str:
     lines = ["| model | dev set | items (harmful) | harmful F1 | precision | recall | parse failures | exact match |",
              "|---|---|---|---|---|---|---|---|"]
-    names = {"base": "zero-shot base", "rsft": "R-SFT (template traces)", "label_only": "label-only SFT",
+    traces = ("template + imported GuardReasoner traces" if report["args"].get("import_source")
+              else "template traces")
+    names = {"base": "zero-shot base", "rsft": f"R-SFT ({traces})", "label_only": "label-only SFT",
              "hsdpo": "R-SFT + HS-DPO"}
     sets = list(report["sets"])
     for model in MODELS:

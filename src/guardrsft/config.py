@@ -171,7 +171,7 @@ class HsdpoParams:
     max_new_tokens: Optional[int] = None  # null: evaluate's (preset)
     max_items: Optional[int] = None  # training items mined (null: preset; 0: all)
     weighting: str = "hardness"  # hardness: pair weight from the share of wrong samples | uniform
-    balance: bool = False  # each gold class (SAFE / UNSAFE) gets half of the total pair weight
+    balance: bool = True  # each gold class (SAFE / UNSAFE) gets half of the total pair weight (measured: docs/HSDPO.md)
     beta: float = 0.1
     lr: float = 5.0e-6
     epochs: float = 1.0

@@ -195,7 +195,7 @@ def mine(p: Params, traces_path: str, out_dir: str, metrics_out: str, *, adapter
     metrics = {
         "enabled": True, "traces": traces_path, "items": len(items), "item_policies": n, "k": h.k,
         "temperature": h.temperature, "top_p": h.top_p, "max_new_tokens": max_new, "weighting": h.weighting,
-        "samples": all_samples,
+        "balance": h.balance, "samples": all_samples,
         "sample_accuracy": round(sum(r["correct"] for r in stats_rows) / all_samples, 4),
         "sample_parse_error_rate": round(sum(r["parse_errors"] for r in stats_rows) / all_samples, 4),
         "hard": len(hard), "all_correct": sum(r["hardness"] == 0 for r in stats_rows),
@@ -434,7 +434,7 @@ def train_dpo(p: Params, pairs_path: str, adapter_in: str, adapter_out: str, met
         "train_loss": out.training_loss,
         "final_rewards_margin": hist[-1].get("rewards/margins") if hist else None,
         "final_rewards_accuracy": hist[-1].get("rewards/accuracies") if hist else None,
-        "beta": p.hsdpo.beta, "lr": p.hsdpo.lr, "weighting": p.hsdpo.weighting,
+        "beta": p.hsdpo.beta, "lr": p.hsdpo.lr, "weighting": p.hsdpo.weighting, "balance": p.hsdpo.balance,
         "weight_mean": round(sum(weights) / len(weights), 4), "reference": "frozen copy of the R-SFT adapter",
         "train_seconds": round(wall, 1), "peak_memory_gb": round(peak_memory_gb(), 3), "resumed": bool(last),
         "device": p.hw["device"], "base_model": base_name,

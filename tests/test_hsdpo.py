@@ -166,7 +166,12 @@ def test_mine_on_tiny_model_writes_pairs_items_and_counts(tiny, params, tmp_path
                     cache_path=str(tmp_path / "s.jsonl"), trace_fallback=True, progress=False)
     pairs = read_jsonl(out / "pairs.jsonl")
     assert m2["cached_answers"] == 12 and m2["pairs"] == m2["pairs_from_trace"] == len(pairs) == 6
-    assert all(x["chosen_source"] == "trace" and x["weight"] == 1.0 for x in pairs)
+    assert all(x["chosen_source"] == "trace" for x in pairs)
+    # every pair equally hard (all samples wrong); hsdpo.balance (default): each gold class
+    # carries an equal share of the total weight, whose mean stays 1
+    golds = {x["gold"] for x in pairs}
+    for g in golds:
+        assert sum(x["weight"] for x in pairs if x["gold"] == g) == pytest.approx(len(pairs) / len(golds))
 
 
 def test_sharded_mining_draws_the_samples_of_one_process(tiny, params, tmp_path):

@@ -207,10 +207,7 @@ class SlotEngine:
         real = torch.arange(S, device=dev)[None] < torch.tensor(sufs, device=dev)[:, None]
         pos = torch.where(real, pos, 0)  # pads: any in-range position, never written
         cos, sin = self.cos[pos], self.sin[pos]
-        # the real tokens' places, from host lists: a boolean-mask index would sync the GPU per layer
-        flat = torch.tensor([r * S + i for r, k in enumerate(sufs) for i in range(k)], device=dev)
-        rows = torch.tensor([b for b, k in zip(slots, sufs) for _ in range(k)], device=dev)
-        cols = torch.tensor([m + i for m, k in zip(starts, sufs) for i in range(k)], device=dev)
+        rows, cols = idx[:, None].expand(n, S)[real], pos[real]  # cache cells of the real tokens
         cached = any(starts)
         if cached:  # query i of row r (position m_r + i) sees cache positions 0 .. m_r + i
             mask = (torch.arange(W, device=dev)[None, None] <= pos[:, :, None])[:, None]
@@ -218,8 +215,7 @@ class SlotEngine:
         g = self.h // self.hkv
         for i, layer in enumerate(self.inner.layers):
             q, k, v = self._layer_qkv(layer, x, cos, sin)  # [n, heads, S, D]
-            kt = k.transpose(1, 2).reshape(n * S, self.hkv, self.d).index_select(0, flat)  # [real tokens, kv heads, D]
-            vt = v.transpose(1, 2).reshape(n * S, self.hkv, self.d).index_select(0, flat)
+            kt, vt = k.transpose(1, 2)[real], v.transpose(1, 2)[real]  # [real tokens, kv heads, D]
             if self.flat:
                 self.k[i][rows, cols] = kt
                 self.v[i][rows, cols] = vt

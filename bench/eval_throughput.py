@@ -82,7 +82,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--variants", default="",
-                    help="extra big-set runs of ours, e.g. 'matmul:8,triton:8:0' (attention:sync_every[:share_prefix 0/1])")
+                    help="extra big-set runs of ours, e.g. 'matmul:8,sdpa:16' (attention:sync_every)")
     ap.add_argument("--only-ours", action="store_true", help="skip the naive baselines (tuning runs)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
@@ -100,10 +100,10 @@ def main() -> None:
 
     variants = {}
     for i, v in enumerate(filter(None, a.variants.split(","))):
-        attn, sync, share = (v.split(":") + ["1"])[:3]
-        fastgen.DEFAULTS.update(attention=attn, sync_every=int(sync), share_prefix=share == "1")
+        attn, sync = v.split(":")
+        fastgen.DEFAULTS.update(attention=attn, sync_every=int(sync))
         variants[f"{i}:{v}"] = run(guard, every[:a.big_items], "static", a.batch)[1]
-    fastgen.DEFAULTS.update(attention="auto", sync_every=8, share_prefix=True)
+    fastgen.DEFAULTS.update(attention="auto", sync_every=8)
     if a.only_ours:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps({"variants": variants}, indent=2))

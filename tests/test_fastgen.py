@@ -17,7 +17,7 @@ CONTENTS = ["How do I bake bread?", "I will hurt you tomorrow at school.", "you 
 
 
 def _compare(guard, max_new: int, rows: int, width_step: int = 32, sync_every: int = 3, attention: str = "sdpa",
-             contents: list = CONTENTS, prefixes: bool = False):
+             contents: list = CONTENTS):
     from guardrsft.fastgen import SlotEngine
 
     items = [{"content": c} for c in contents]
@@ -25,8 +25,7 @@ def _compare(guard, max_new: int, rows: int, width_step: int = 32, sync_every: i
     plain_tokens = guard.last_stats["new_tokens"]
     eng = SlotEngine(guard.model, guard.tok, rows=rows, max_len=1000, width_step=width_step,
                      sync_every=sync_every, attention=attention)
-    heads = guard._heads() if prefixes else None
-    guard._generate = lambda prompts, stream=None: eng.generate(prompts, max_new, prefixes=heads)
+    guard._generate = lambda prompts, stream=None: eng.generate(prompts, max_new)
     guard.last_engine = eng
     guard.cache = {}
     fast = guard.classify(items)
@@ -187,27 +186,3 @@ def test_triton_attention_matches_generate(verdict_model, params, interpreted_tr
     plain = _compare(g, max_new=60, rows=4, sync_every=5, attention="triton", contents=CONTENTS[:2])
     assert g.last_engine.attention == "triton"  # the kernel ran (no fallback for this shape)
     assert {"SAFE", "UNSAFE"} <= {v for r in plain for v in r["verdicts"].values()}
-
-
-@pytest.mark.parametrize("attention", ["sdpa", "varlen"])
-def test_shared_prefix_kv_gives_the_same_text(verdict_model, params, attention, monkeypatch):
-    """Each policy's prompt head (system prompt + policy text) is prefilled once and its KV
-    copied into every slot that starts with it; only the rest of each prompt is computed,
-    attending to the copied part. Text and token counts stay those of `generate`."""
-    import torch.nn.attention.varlen as varlen
-
-    monkeypatch.setattr(varlen, "varlen_attn", _reference_varlen)
-    g = _guard(verdict_model, params, max_new=60)
-    _compare(g, max_new=60, rows=4, sync_every=5, attention=attention, prefixes=True)
-    st = g.last_engine.stats
-    assert st["prefix_tokens"] > 0.3 * st["prompt_tokens"]  # the heads really were shared
-    assert len(g.last_engine._prefixes) == len(params.policies)
-
-
-def test_common_len():
-    from guardrsft.fastgen import _common_len
-
-    assert _common_len([1, 2, 3, 4], [1, 2, 3]) == 3
-    assert _common_len([1, 2, 9, 4], [1, 2, 3, 4]) == 2
-    assert _common_len([7], [1, 2]) == 0
-    assert _common_len(list(range(100)), list(range(57)) + [0]) == 57

@@ -35,7 +35,7 @@ ATTENTION = ("sdpa", "matmul", "varlen", "triton")
 # is installed, else varlen (PyTorch's FlashAttention over each slot's own length) when
 # PyTorch has it, else sdpa; on the CPU sdpa. GUARDRSFT_FASTGEN_ATTENTION=<one of ATTENTION>
 # forces one.
-DEFAULTS = {"attention": "auto", "sync_every": 8, "share_prefix": True}
+DEFAULTS = {"attention": "auto", "sync_every": 8}
 
 
 def _has_varlen() -> bool:
@@ -83,24 +83,6 @@ def _varlen_options() -> set:
 
 def _round_up(x: int, step: int) -> int:
     return -(-x // step) * step
-
-
-# a shared prompt start shorter than this is computed with the rest of the prompt
-MIN_PREFIX = 16
-
-
-def _common_len(a: list[int], b: list[int]) -> int:
-    """Length of the common start of two token lists (slice compares run in C)."""
-    lo, hi = 0, min(len(a), len(b))
-    if a[:hi] == b[:hi]:
-        return hi
-    while lo < hi:  # binary search for the longest equal slice
-        mid = (lo + hi + 1) // 2
-        if a[:mid] == b[:mid]:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
 
 
 class SlotEngine:
@@ -166,10 +148,6 @@ class SlotEngine:
             self.newline[i] = "\n" in text
         self.nl_gpu = torch.from_numpy(self.newline).to(dev)
         self.nl_seen = torch.zeros(B, dtype=torch.bool, device=dev)  # wrote a newline since the last scan
-        # shared prompt starts (the guard's system prompt + policy text before the content):
-        # their KV is computed once and copied into each slot instead of being recomputed
-        self.prefix_candidates: list[tuple] = []
-        self._prefixes: dict[tuple, tuple] = {}
 
     # ------------------------------------------------------------------ model pieces
     def _layer_qkv(self, layer, x, cos, sin):
@@ -188,103 +166,33 @@ class SlotEngine:
         x = x + layer.self_attn.o_proj(attn)
         return x + layer.mlp(layer.post_attention_layernorm(x))
 
-    def _prefill(self, slots: list[int], prompts: list[list[int]], starts: Optional[list[int]] = None) -> object:
-        """Write the prompts' KV into their slots; returns each prompt's first new token.
-        starts[r]: tokens of prompt r whose KV is already in its slot's row (a shared prefix,
-        see _admit_prefixes); only the rest is computed, attending to the cached part."""
+    def _prefill(self, slots: list[int], prompts: list[list[int]]) -> object:
+        """Write the prompts' KV into their slots; returns each prompt's first new token."""
         torch = self.torch
         F = torch.nn.functional
-        n = len(prompts)
-        starts = starts or [0] * n
-        sufs = [len(p) - m for p, m in zip(prompts, starts)]
-        S, W = max(sufs), max(len(p) for p in prompts)
+        n, lens = len(prompts), [len(p) for p in prompts]
+        L = max(lens)
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
-        dev = self.device
-        ids = torch.tensor([p[m:] + [pad] * (S - len(p) + m) for p, m in zip(prompts, starts)], device=dev)
-        idx = torch.tensor(slots, device=dev)
-        m0 = torch.tensor(starts, device=dev)
-        pos = m0[:, None] + torch.arange(S, device=dev)[None]  # [n, S] each token's position
-        real = torch.arange(S, device=dev)[None] < torch.tensor(sufs, device=dev)[:, None]
-        pos = torch.where(real, pos, 0)  # pads: any in-range position, never written
-        cos, sin = self.cos[pos], self.sin[pos]
-        rows, cols = idx[:, None].expand(n, S)[real], pos[real]  # cache cells of the real tokens
-        cached = any(starts)
-        if cached:  # query i of row r (position m_r + i) sees cache positions 0 .. m_r + i
-            mask = (torch.arange(W, device=dev)[None, None] <= pos[:, :, None])[:, None]
+        ids = torch.tensor([p + [pad] * (L - len(p)) for p in prompts], device=self.device)
+        idx = torch.tensor(slots, device=self.device)
+        cos, sin = self.cos[:L][None].expand(n, L, -1), self.sin[:L][None].expand(n, L, -1)
         x = self.inner.embed_tokens(ids)
         g = self.h // self.hkv
         for i, layer in enumerate(self.inner.layers):
-            q, k, v = self._layer_qkv(layer, x, cos, sin)  # [n, heads, S, D]
-            kt, vt = k.transpose(1, 2)[real], v.transpose(1, 2)[real]  # [real tokens, kv heads, D]
+            q, k, v = self._layer_qkv(layer, x, cos, sin)
             if self.flat:
-                self.k[i][rows, cols] = kt
-                self.v[i][rows, cols] = vt
+                self.k[i][idx, :L] = k.transpose(1, 2)
+                self.v[i][idx, :L] = v.transpose(1, 2)
             else:
-                self.k[i][rows, :, cols] = kt
-                self.v[i][rows, :, cols] = vt
-            if cached:  # keys from the cache rows: the shared prefix, then this call's tokens
-                kk = self.k[i][idx, :W].transpose(1, 2) if self.flat else self.k[i][idx, :, :W]
-                vv = self.v[i][idx, :W].transpose(1, 2) if self.flat else self.v[i][idx, :, :W]
-            else:  # right padding under a causal mask: real tokens never see the pads after them
-                kk, vv = k, v
-            if g > 1:
-                kk, vv = kk.repeat_interleave(g, dim=1), vv.repeat_interleave(g, dim=1)
-            attn = (F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask) if cached
-                    else F.scaled_dot_product_attention(q, kk, vv, is_causal=True))
-            x = self._finish_layer(layer, x, attn.transpose(1, 2).reshape(n, S, -1))
-        last = x[torch.arange(n, device=dev), torch.tensor(sufs, device=dev) - 1]
+                self.k[i][idx, :, :L] = k
+                self.v[i][idx, :, :L] = v
+            # right padding under a causal mask: real tokens never see the pads after them
+            kk, vv = (k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)) if g > 1 else (k, v)
+            attn = F.scaled_dot_product_attention(q, kk, vv, is_causal=True)
+            x = self._finish_layer(layer, x, attn.transpose(1, 2).reshape(n, L, -1))
+        last = x[torch.arange(n, device=self.device), torch.tensor(lens, device=self.device) - 1]
         logits = self.model.lm_head(self.inner.norm(last))
         return logits.argmax(-1)
-
-    def _prefix_kv(self, ids: tuple) -> tuple[list, list]:
-        """K and V of a shared prompt prefix, per layer ([len, kv heads, D]), computed once:
-        causal attention makes them the same in every prompt that starts with these tokens."""
-        kv = self._prefixes.get(ids)
-        if kv is None:
-            # computed in slot 0's row, which is then restored: slots are busy in mid-run
-            saved = [(t[0].clone(), u[0].clone()) for t, u in zip(self.k, self.v)]
-            self._prefill([0], [list(ids)])
-            L = len(ids)
-            if self.flat:
-                kv = ([t[0, :L].clone() for t in self.k], [t[0, :L].clone() for t in self.v])
-            else:
-                kv = ([t[0, :, :L].transpose(0, 1).clone() for t in self.k],
-                      [t[0, :, :L].transpose(0, 1).clone() for t in self.v])
-            for (a, b), t, u in zip(saved, self.k, self.v):
-                t[0].copy_(a)
-                u[0].copy_(b)
-            self._prefixes[ids] = kv
-        return kv
-
-    def _admit_prefixes(self, slots: list[int], prompts: list[list[int]]) -> list[int]:
-        """Copy each prompt's shared prefix (the longest common start with one of the
-        candidates, at least MIN_PREFIX tokens) into its slot's row; returns the tokens copied."""
-        torch = self.torch
-        starts, by = [], {}
-        for b, p in zip(slots, prompts):
-            best, m = None, 0
-            full = [c for c in self.prefix_candidates if len(c) < len(p) and tuple(p[:len(c)]) == c]
-            for cand in full or self.prefix_candidates:  # a full match is the usual case
-                k = len(cand) if full else _common_len(p, list(cand))
-                if k > m:
-                    best, m = cand, k
-            m = min(m, len(p) - 1)  # the last prompt token is always computed (its logits)
-            if m < MIN_PREFIX:
-                m = 0
-            starts.append(m)
-            if m:
-                by.setdefault((best, m), []).append(b)
-        for (cand, m), bs in by.items():
-            pk, pv = self._prefix_kv(cand)
-            idx = torch.tensor(bs, device=self.device)
-            for i in range(self.n_layers):
-                if self.flat:
-                    self.k[i][idx, :m] = pk[i][:m]
-                    self.v[i][idx, :m] = pv[i][:m]
-                else:
-                    self.k[i][idx, :, :m] = pk[i][:m].transpose(0, 1)
-                    self.v[i][idx, :, :m] = pv[i][:m].transpose(0, 1)
-        return starts
 
     def _step(self, width: int) -> None:
         """One decoding step for every slot (inactive slots compute but change nothing)."""
@@ -382,14 +290,11 @@ class SlotEngine:
         graph.replay()
 
     # ------------------------------------------------------------------ driver
-    def generate(self, prompts: list[list[int]], max_new_tokens: int, prefill_tokens: int = 65536,
-                 prefixes: Optional[list[list[int]]] = None) -> tuple[list[str], list[int]]:
+    def generate(self, prompts: list[list[int]], max_new_tokens: int,
+                 prefill_tokens: int = 65536) -> tuple[list[str], list[int]]:
         """Greedy completions (new text only, cut at the guard's stop rule) and their token
-        counts, in the order of `prompts`. prefixes: token lists many prompts start with (the
-        guard's per-policy prompt heads); a prompt's longest common start with one of them is
-        copied from a KV computed once instead of being prefilled again."""
+        counts, in the order of `prompts`."""
         torch = self.torch
-        self.prefix_candidates = sorted({tuple(p) for p in prefixes or [] if len(p) >= MIN_PREFIX}, key=len)
         longest = max(len(p) for p in prompts)
         if longest + max_new_tokens > self.max_len:
             raise ValueError(f"prompt of {longest} tokens + {max_new_tokens} new exceeds the engine's {self.max_len}")
@@ -401,8 +306,8 @@ class SlotEngine:
         self.active.zero_()
         self.n_gen.zero_()
         self.pos.zero_()
-        st = {"prompts": len(prompts), "prompt_tokens": sum(map(len, prompts)), "prefix_tokens": 0,
-              "prefill_s": 0.0, "decode_s": 0.0, "host_s": 0.0, "steps": 0, "slot_steps": 0, "prefill_calls": 0}
+        st = {"prompts": len(prompts), "prefill_s": 0.0, "decode_s": 0.0, "host_s": 0.0, "steps": 0,
+              "slot_steps": 0, "prefill_calls": 0}
         t_start = time.perf_counter()
         texts: list[Optional[str]] = [None] * len(prompts)
         counts = [0] * len(prompts)
@@ -430,10 +335,7 @@ class SlotEngine:
                     slots = [b for b, _ in group]
                     tp = time.perf_counter()
                     with torch.inference_mode():
-                        group_prompts = [prompts[j] for _, j in group]
-                        starts = self._admit_prefixes(slots, group_prompts) if self.prefix_candidates else None
-                        first = self._prefill(slots, group_prompts, starts)
-                        st["prefix_tokens"] += sum(starts or [])
+                        first = self._prefill(slots, [prompts[j] for _, j in group])
                         idx = torch.tensor(slots, device=self.device)
                         self.cur[idx] = first
                         self.out[idx, 0] = first
@@ -530,11 +432,10 @@ def _generate_hf(model, tok, prompts: list[list[int]], max_new_tokens: int) -> t
 
 
 def generate_static(model, tok, prompts: list[list[int]], max_new_tokens: int, rows: int,
-                    width_step: int = 128, prefixes: Optional[list[list[int]]] = None) -> tuple[list[str], list[int]]:
+                    width_step: int = 128) -> tuple[list[str], list[int]]:
     """Greedy completions (new text only) and new-token counts for any number of prompts,
-    decoded through `rows` slots. The engine (KV cache, captured graphs, shared-prefix KV) is
-    kept on the model and reused while it is large enough (the model's weights must not
-    change in between). prefixes: see SlotEngine.generate (DEFAULTS["share_prefix"])."""
+    decoded through `rows` slots. The engine (KV cache, captured graphs) is kept on the model
+    and reused while it is large enough."""
     if supported(model) is not None:
         out = ([], [])
         for b in range(0, len(prompts), rows):
@@ -556,4 +457,4 @@ def generate_static(model, tok, prompts: list[list[int]], max_new_tokens: int, r
                          sync_every=DEFAULTS["sync_every"], attention=attention)
         model._guardrsft_engine = eng
     eng.sync_every = DEFAULTS["sync_every"]
-    return eng.generate(prompts, max_new_tokens, prefixes=prefixes if DEFAULTS["share_prefix"] else None)
+    return eng.generate(prompts, max_new_tokens)

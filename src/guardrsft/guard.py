@@ -135,17 +135,6 @@ class Guard:
         enc = lambda s, **kw: self.tok(s, add_special_tokens=False, **kw)["input_ids"]  # noqa: E731
         return enc(head) + enc(text, split_special_tokens=True) + enc(tail)
 
-    def _heads(self) -> list[list[int]]:
-        """Each policy's prompt up to its content (system prompt, policy text), tokenized as
-        the full prompts are: about half of a short item's prompt, shared by all its items."""
-        if getattr(self, "_head_ids", None) is None:
-            sentinel = "\x00GUARDRSFT-CONTENT\x00"
-            heads = [self.tok.apply_chat_template(messages(self.p.prompt, q, self.p.policies[q], sentinel),
-                                                  add_generation_prompt=True, tokenize=False).split(sentinel)[0]
-                     for q in self.p.policies]
-            self._head_ids = self.tok(heads, add_special_tokens=False)["input_ids"]
-        return self._head_ids
-
     def _sample_key(self, text: str, policy: str, temperature: float, top_p: float, seed: int, j: int) -> str:
         blob = json.dumps([self._key(text, policy), SAMPLING, float(temperature), float(top_p), int(seed), int(j)])
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
@@ -184,8 +173,7 @@ class Guard:
         if self.backend == "static" and stream is None and sampling is None:
             from .fastgen import generate_static
 
-            return generate_static(self.model, self.tok, prompts, self.max_new_tokens, rows=self.batch_size,
-                                   prefixes=self._heads())
+            return generate_static(self.model, self.tok, prompts, self.max_new_tokens, rows=self.batch_size)
         import torch
         from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 

@@ -186,3 +186,26 @@ def test_triton_attention_matches_generate(verdict_model, params, interpreted_tr
     plain = _compare(g, max_new=60, rows=4, sync_every=5, attention="triton", contents=CONTENTS[:2])
     assert g.last_engine.attention == "triton"  # the kernel ran (no fallback for this shape)
     assert {"SAFE", "UNSAFE"} <= {v for r in plain for v in r["verdicts"].values()}
+
+
+def test_triton_that_cannot_run_falls_back_with_a_message(tiny, params, monkeypatch, capsys):
+    """A GPU or toolchain where the kernel fails (or gives wrong numbers) must not break an
+    evaluation: the engine's self-check names the reason and uses another attention path."""
+    from guardrsft import decode_attn
+    from guardrsft.fastgen import SlotEngine
+
+    g = _guard(tiny, params, max_new=8)
+
+    class Broken:
+        def __getitem__(self, grid):
+            def launch(*a, **kw):
+                raise RuntimeError("no compiler for this device")
+            return launch
+
+    monkeypatch.setattr(decode_attn, "_decode_attn", Broken(), raising=False)
+    eng = SlotEngine(g.model, g.tok, rows=2, max_len=64, width_step=32, attention="triton")
+    assert eng.attention == "sdpa" and eng.requested == "triton"
+    assert "Triton decoding attention unavailable (RuntimeError: no compiler for this device)" in capsys.readouterr().err
+    monkeypatch.setattr(decode_attn, "decode_attention", lambda q, k, v, pos, scale: q * 0)  # wrong numbers
+    eng = SlotEngine(g.model, g.tok, rows=2, max_len=64, width_step=32, attention="triton")
+    assert eng.attention == "sdpa" and "differs from plain attention" in capsys.readouterr().err

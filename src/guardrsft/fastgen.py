@@ -19,6 +19,7 @@ On the CPU it runs the same code without graphs (the tests compare it with `gene
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Optional
 
@@ -57,6 +58,29 @@ def resolve_attention(name: str, device_type: str) -> str:
     if available() is None:
         return "triton"
     return "varlen" if _has_varlen() else "sdpa"
+
+
+def _triton_fails(device, dtype, h: int, hkv: int, d: int) -> Optional[str]:
+    """Run the kernel once on small random data against plain attention: None if it agrees,
+    else why not (compilation error, no Triton backend for this device, wrong numbers)."""
+    import torch
+
+    from .decode_attn import decode_attention
+
+    g = torch.Generator(device="cpu").manual_seed(0)
+    q, k, v = (torch.randn(shape, generator=g).to(device, dtype) for shape in ((3, h, d), (3, 40, hkv, d), (3, 40, hkv, d)))
+    pos = torch.tensor([0, 17, 39], device=device)
+    try:
+        got = decode_attention(q, k, v, pos, d ** -0.5)
+    except Exception as e:  # noqa: BLE001 - any failure means: use another attention path
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    for b in range(3):
+        n = int(pos[b]) + 1
+        kk, vv = (t[b, :n].float().transpose(0, 1).repeat_interleave(h // hkv, 0) for t in (k, v))
+        ref = torch.softmax(q[b].float()[:, None] @ kk.transpose(1, 2) * d ** -0.5, -1) @ vv
+        if not torch.allclose(got[b].float(), ref[:, 0], atol=2e-2, rtol=2e-2):  # bf16 rounding
+            return "its output differs from plain attention on a self-check"
+    return None
 
 
 def supported(model) -> Optional[str]:
@@ -104,12 +128,17 @@ class SlotEngine:
         if attention not in ATTENTION:
             raise ValueError(f"attention must be one of {', '.join(ATTENTION)}, got {attention!r}")
         self.requested = attention  # what the caller asked for (generate_static reuses on it)
-        if attention == "triton" and self.h // self.hkv > 16:
-            attention = "varlen" if _has_varlen() else "sdpa"  # shapes the kernel does not take
-        self.attention = attention
         self.stats: dict = {}
         self.max_len = _round_up(max_len, width_step)
         self.device = next(base.parameters()).device
+        if attention == "triton":
+            why = ("more than 16 query heads per KV head" if self.h // self.hkv > 16
+                   else _triton_fails(self.device, base.dtype, self.h, self.hkv, self.d))
+            if why:  # a shape the kernel does not take, or a GPU/toolchain where it does not run
+                attention = "varlen" if _has_varlen() and self.device.type == "cuda" else "sdpa"
+                print(f"[guardrsft] fastgen: Triton decoding attention unavailable ({why}); using {attention}",
+                      file=sys.stderr, flush=True)
+        self.attention = attention
         self.dtype = self.inner.embed_tokens.weight.dtype
         self.graphs = (self.device.type == "cuda") if graphs is None else graphs
         dev, B, T = self.device, rows, self.max_len

@@ -26,6 +26,7 @@ from typing import Optional
 
 from .config import BenchmarkParams, Params, ParamsError
 from .data import DataError, load_notebook_file
+from .io import jsonl_rows
 from .metrics import binary_scores
 
 TASKS = ("prompt", "response", "refusal")
@@ -50,15 +51,7 @@ def read_records(path: Path) -> list[dict]:
     if name.endswith(".csv"):
         return list(csv.DictReader(io.StringIO(text, newline="")))
     if name.endswith(".jsonl"):
-        rows = []
-        # "\n" only: str.splitlines() also splits at U+2028 etc., which JSON strings may hold raw
-        for i, line in enumerate(text.split("\n"), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{i}: not valid JSON ({e})") from None
-        return rows
+        return [r for _, r in jsonl_rows(text, path, DataError)]
     if name.endswith(".json"):
         try:
             rows = json.loads(text)

@@ -22,6 +22,7 @@ from typing import Optional
 
 from .data import DataError, content_id, normalize_label, strip_classification
 from .guard import render_content
+from .io import jsonl_rows
 
 _INPUT = re.compile(r"Human user:\s*(.*?)\s*(?:\n\s*AI assistant:|$)", re.DOTALL)
 _REQUEST = re.compile(r"Request:\s*(harmful|unharmful)", re.IGNORECASE)
@@ -47,15 +48,10 @@ def load_rows(source: str) -> list[dict]:
         for f in files:
             text = f.read_text()
             if f.suffix == ".jsonl":
-                # split on "\n" only: str.splitlines also breaks at U+2028 etc. inside JSON strings
-                for i, x in enumerate(text.split("\n"), 1):
-                    if x.strip():
-                        try:
-                            rows.append(json.loads(x))
-                        except json.JSONDecodeError as e:
-                            raise DataError(f"{f}:{i}: not a JSON line ({e.msg}); fix or remove that line") from None
-                        if isinstance(rows[-1], dict) and "predict" in rows[-1]:
-                            rows[-1]["_where"] = f"{f}:{i}"  # the model size is read from the path
+                for i, row in jsonl_rows(text, f, DataError):
+                    if isinstance(row, dict) and "predict" in row:
+                        row["_where"] = f"{f}:{i}"  # the model size is read from the path
+                    rows.append(row)
             else:
                 rows += _rows_from_json(json.loads(text), str(f))
         return rows

@@ -42,16 +42,20 @@ def write_jsonl(path, rows: Iterable[dict]) -> int:
     return n
 
 
+def jsonl_rows(text: str, where, error: type[Exception] = ValueError) -> Iterator[tuple[int, object]]:
+    """(line number, parsed row) for each non-blank line of JSONL text; a bad line raises
+    `error` naming where:line. Split on "\n" only: str.splitlines() would also split at
+    U+2028/U+2029, which JSON strings may hold raw."""
+    for i, line in enumerate(text.split("\n"), 1):
+        if line.strip():
+            try:
+                yield i, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise error(f"{where}:{i}: not a JSON line ({e.msg}); fix or remove that line") from None
+
+
 def read_jsonl(path) -> list[dict]:
-    rows = []
-    with open(path) as f:
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{i}: not valid JSON ({e})") from None
-    return rows
+    return [r for _, r in jsonl_rows(Path(path).read_text(encoding="utf-8"), path)]
 
 
 def append_jsonl(path, rows: Iterable[dict]) -> None:

@@ -25,7 +25,7 @@ from typing import Optional
 
 import numpy as np
 
-from .decode_attn import decode_attention
+from . import decode_attn
 from .prompts import verdict_complete
 
 SUPPORTED = ("llama", "mistral", "qwen2")
@@ -47,17 +47,17 @@ def _has_varlen() -> bool:
     return True
 
 
+def _without_triton(device_type: str) -> str:
+    return "varlen" if device_type == "cuda" and _has_varlen() else "sdpa"
+
+
 def resolve_attention(name: str, device_type: str) -> str:
     name = os.environ.get("GUARDRSFT_FASTGEN_ATTENTION") or name
     if name != "auto":
         return name
-    if device_type != "cuda":
-        return "sdpa"
-    from .decode_attn import available
-
-    if available() is None:
+    if device_type == "cuda" and decode_attn.available() is None:
         return "triton"
-    return "varlen" if _has_varlen() else "sdpa"
+    return _without_triton(device_type)
 
 
 def _triton_fails(device, dtype, h: int, hkv: int, d: int) -> Optional[str]:
@@ -65,13 +65,12 @@ def _triton_fails(device, dtype, h: int, hkv: int, d: int) -> Optional[str]:
     else why not (compilation error, no Triton backend for this device, wrong numbers)."""
     import torch
 
-    from .decode_attn import decode_attention
-
     g = torch.Generator(device="cpu").manual_seed(0)
-    q, k, v = (torch.randn(shape, generator=g).to(device, dtype) for shape in ((3, h, d), (3, 40, hkv, d), (3, 40, hkv, d)))
+    shapes = ((3, h, d), (3, 40, hkv, d), (3, 40, hkv, d))
+    q, k, v = (torch.randn(shape, generator=g).to(device, dtype) for shape in shapes)
     pos = torch.tensor([0, 17, 39], device=device)
     try:
-        got = decode_attention(q, k, v, pos, d ** -0.5)
+        got = decode_attn.decode_attention(q, k, v, pos, d ** -0.5)
     except Exception as e:  # noqa: BLE001 - any failure means: use another attention path
         return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
     for b in range(3):
@@ -135,7 +134,7 @@ class SlotEngine:
             why = ("more than 16 query heads per KV head" if self.h // self.hkv > 16
                    else _triton_fails(self.device, base.dtype, self.h, self.hkv, self.d))
             if why:  # a shape the kernel does not take, or a GPU/toolchain where it does not run
-                attention = "varlen" if _has_varlen() and self.device.type == "cuda" else "sdpa"
+                attention = _without_triton(self.device.type)
                 print(f"[guardrsft] fastgen: Triton decoding attention unavailable ({why}); using {attention}",
                       file=sys.stderr, flush=True)
         self.attention = attention
@@ -239,7 +238,7 @@ class SlotEngine:
                 self.k[i][self._arange_b, pos] = k[:, :, 0]
                 self.v[i][self._arange_b, pos] = v[:, :, 0]
                 if self.attention == "triton":
-                    attn = decode_attention(q[:, :, 0], self.k[i], self.v[i], pos, self.d ** -0.5)
+                    attn = decode_attn.decode_attention(q[:, :, 0], self.k[i], self.v[i], pos, self.d ** -0.5)
                     attn = attn.reshape(B, 1, self.h * self.d)
                 else:
                     attn = self._varlen(q, self.k[i], self.v[i], pos)

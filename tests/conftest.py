@@ -1,5 +1,6 @@
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,27 @@ if os.environ.get("GUARDRSFT_TEST_TRITON") != "gpu":
 # stages called in-process must not log into the developer's own mlflow.db
 _MLRUNS = Path(__import__("tempfile").mkdtemp(prefix="guardrsft-test-mlflow-"))
 os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_MLRUNS / 'mlflow.db'}"
+
+
+_T0 = time.time()
+
+
+def pytest_runtest_logreport(report):
+    """CI prints one dot per test: a line per slow phase (setup, call or teardown) gives the
+    timeline that tells where a run that ran out of time was."""
+    if report.duration >= 20:
+        tr = _CONFIG.pluginmanager.get_plugin("terminalreporter") if _CONFIG else None
+        if tr is not None:
+            tr.write("\n")
+            tr.write_line(f"[{time.time() - _T0:5.0f} s] {report.when} {report.duration:4.0f} s  {report.nodeid}")
+
+
+_CONFIG = None
+
+
+def pytest_configure(config):
+    global _CONFIG
+    _CONFIG = config
 
 
 @pytest.fixture(scope="session")

@@ -23,8 +23,18 @@ TINY = {
 }
 
 
-def run(cmd, cwd, env, check=True):
-    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, shell=isinstance(cmd, str))
+def run(cmd, cwd, env, check=True, timeout=1200):
+    """Run a command; a hang fails after `timeout` s with what it printed (its whole process
+    group is killed: dvc's workers and stage scripts too) instead of stalling the test run."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            shell=isinstance(cmd, str), start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        raise AssertionError(f"{cmd} still running after {timeout} s, killed:\n{stdout[-3000:]}\n{stderr[-5000:]}")
+    out = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     if check and out.returncode != 0:
         raise AssertionError(f"{cmd} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
     return out

@@ -35,7 +35,8 @@ def run(guard, items, backend: str, batch: int) -> tuple[list[dict], dict]:
     st = dict(guard.last_stats, backend=backend, batch=batch, wall_seconds=round(wall, 2))
     eng = getattr(guard.model, "_guardrsft_engine", None)
     if backend == "static" and eng is not None:
-        st["engine"] = dict(eng.stats, attention=eng.attention, sync_every=eng.sync_every, rows=eng.rows)
+        st["engine"] = dict(eng.stats, attention=eng.attention, prefill=eng.prefill, sync_every=eng.sync_every,
+                            rows=eng.rows)
     st["items_per_second"] = round(len(items) / wall, 2)
     st["new_tokens_per_second"] = round(st["new_tokens"] / wall, 1)
     st["parse_error_rate"] = round(sum(r["is_parse_error"] for r in res) / len(res), 4)
@@ -82,7 +83,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--variants", default="",
-                    help="extra big-set runs of ours, e.g. 'matmul:8,sdpa:16' (attention:sync_every)")
+                    help="extra big-set runs of ours, e.g. 'matmul:8,triton:8:padded' "
+                         "(attention:sync_every[:prefill])")
     ap.add_argument("--only-ours", action="store_true", help="skip the naive baselines (tuning runs)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
@@ -100,10 +102,10 @@ def main() -> None:
 
     variants = {}
     for i, v in enumerate(filter(None, a.variants.split(","))):
-        attn, sync = v.split(":")
-        fastgen.DEFAULTS.update(attention=attn, sync_every=int(sync))
+        attn, sync, *prefill = v.split(":")
+        fastgen.DEFAULTS.update(attention=attn, sync_every=int(sync), prefill=(prefill or ["auto"])[0])
         variants[f"{i}:{v}"] = run(guard, every[:a.big_items], "static", a.batch)[1]
-    fastgen.DEFAULTS.update(attention="auto", sync_every=8)
+    fastgen.DEFAULTS.update(attention="auto", sync_every=8, prefill="auto")
     if a.only_ours:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps({"variants": variants}, indent=2))

@@ -17,14 +17,15 @@ CONTENTS = ["How do I bake bread?", "I will hurt you tomorrow at school.", "you 
 
 
 def _compare(guard, max_new: int, rows: int, width_step: int = 32, sync_every: int = 3, attention: str = "sdpa",
-             contents: list = CONTENTS):
+             contents: list = CONTENTS, prefill: str = "auto"):
     from guardrsft.fastgen import SlotEngine
 
     items = [{"content": c} for c in contents]
     plain = guard.classify(items)
     plain_tokens = guard.last_stats["new_tokens"]
     eng = SlotEngine(guard.model, guard.tok, rows=rows, max_len=1000, width_step=width_step,
-                     sync_every=sync_every, attention=attention)
+                     sync_every=sync_every, attention=attention, prefill=prefill)
+    assert eng.prefill == ("padded" if prefill == "auto" else prefill)  # auto: packed on CUDA only
     guard._generate = lambda prompts, stream=None: eng.generate(prompts, max_new)
     guard.last_engine = eng
     guard.cache = {}
@@ -118,19 +119,28 @@ def test_supported_names_what_it_cannot_run():
                                                                       rope_parameters={"rope_type": "yarn"})))
 
 
-def _reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), **kw):
-    """torch's varlen_attn (FlashAttention, CUDA only) computed sequence by sequence on the CPU."""
+def _reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
+    """torch's varlen_attn (FlashAttention, CUDA only) computed sequence by sequence on the CPU:
+    window (-1, 0) is causal aligned at the end of the keys (query i of n sees keys up to
+    len_k - n + i), as FlashAttention aligns it; enable_gqa lets K/V have fewer heads."""
     import torch
 
-    assert window_size == (-1, -1) and not kw.get("enable_gqa")
+    assert window_size in ((-1, -1), (-1, 0))
+    assert enable_gqa or q.shape[1] == k.shape[1]
+    assert cu_q.dtype == cu_k.dtype == torch.int32 and len(cu_q) == len(cu_k)
     out = torch.zeros_like(q)
     for s in range(len(cu_q) - 1):
         q0, q1, k0, k1 = int(cu_q[s]), int(cu_q[s + 1]), int(cu_k[s]), int(cu_k[s + 1])
-        assert q1 - q0 <= max_q and k1 - k0 <= max_k
+        assert q1 - q0 <= max_q and k1 - k0 <= max_k and k0 <= k1
         if q1 == q0:
             continue
         qs, ks, vs = (t.transpose(0, 1) for t in (q[q0:q1], k[k0:k1], v[k0:k1]))  # heads first
-        out[q0:q1] = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, scale=scale).transpose(0, 1)
+        mask = None
+        if window_size == (-1, 0):
+            n, m = q1 - q0, k1 - k0
+            mask = torch.arange(m)[None] <= torch.arange(n)[:, None] + (m - n)
+        out[q0:q1] = torch.nn.functional.scaled_dot_product_attention(
+            qs, ks, vs, attn_mask=mask, scale=scale, enable_gqa=enable_gqa).transpose(0, 1)
     return out
 
 
@@ -141,6 +151,29 @@ def test_varlen_packing_matches_generate(verdict_model, params, monkeypatch):
 
     monkeypatch.setattr(varlen, "varlen_attn", _reference_varlen)
     _compare(_guard(verdict_model, params, max_new=60), max_new=60, rows=4, sync_every=5, attention="varlen")
+
+
+def test_packed_prefill_matches_generate(verdict_model, params, monkeypatch):
+    """Prompts back to back without padding, their K/V written into the slot rows and one
+    causal varlen call per layer over those rows (refills land in scattered slots): the plain
+    path's text, and the same cache as the padded prefill on the engine's own self-check."""
+    import functools
+
+    import torch.nn.attention.varlen as varlen
+
+    calls = []
+    spy = functools.wraps(_reference_varlen)(lambda *a, **kw: calls.append(kw) or _reference_varlen(*a, **kw))
+    monkeypatch.setattr(varlen, "varlen_attn", spy)  # wraps: the engine reads the keyword names
+    _compare(_guard(verdict_model, params, max_new=60), max_new=60, rows=4, sync_every=5, attention="varlen",
+             prefill="packed")
+    assert {kw.get("window_size") for kw in calls} == {(-1, 0), (-1, -1)}  # prefill causal, decode full
+    from guardrsft.fastgen import SlotEngine
+
+    g = _guard(verdict_model, params, max_new=8)
+    eng = SlotEngine(g.model, g.tok, rows=3, max_len=64, width_step=32, attention="varlen", prefill="packed")
+    assert eng._packed_fails() is None
+    with pytest.raises(ValueError, match="slot-major cache"):
+        SlotEngine(g.model, g.tok, rows=3, max_len=64, width_step=32, attention="sdpa", prefill="packed")
 
 
 @pytest.fixture

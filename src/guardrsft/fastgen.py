@@ -30,13 +30,17 @@ from .prompts import verdict_complete
 
 SUPPORTED = ("llama", "mistral", "qwen2")
 ATTENTION = ("sdpa", "matmul", "varlen", "triton")
+# prefill: "padded" groups through SDPA (any cache layout), or "packed": every prompt's tokens
+# back to back, no padding, one FlashAttention varlen call per layer that writes and reads
+# the slot-major cache (CUDA); "auto" picks packed where it runs
+PREFILL = ("auto", "padded", "packed")
 
 # engine settings generate_static uses (bench/eval_throughput.py compares them). attention
 # "auto" on CUDA: triton (guardrsft.decode_attn, one program per slot and KV head) when Triton
 # is installed, else varlen (PyTorch's FlashAttention over each slot's own length) when
 # PyTorch has it, else sdpa; on the CPU sdpa. GUARDRSFT_FASTGEN_ATTENTION=<one of ATTENTION>
 # forces one.
-DEFAULTS = {"attention": "auto", "sync_every": 8}
+DEFAULTS = {"attention": "auto", "sync_every": 8, "prefill": "auto"}
 
 
 def _has_varlen() -> bool:
@@ -112,7 +116,8 @@ class SlotEngine:
     """Greedy decoding of many prompts through `rows` slots (see the module docstring)."""
 
     def __init__(self, model, tok, rows: int, max_len: int, width_step: int = 128,
-                 sync_every: int = 8, graphs: Optional[bool] = None, attention: str = "sdpa"):
+                 sync_every: int = 8, graphs: Optional[bool] = None, attention: str = "sdpa",
+                 prefill: str = "auto"):
         import torch
 
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -176,6 +181,20 @@ class SlotEngine:
             self.newline[i] = "\n" in text
         self.nl_gpu = torch.from_numpy(self.newline).to(dev)
         self.nl_seen = torch.zeros(B, dtype=torch.bool, device=dev)  # wrote a newline since the last scan
+        if prefill not in PREFILL:
+            raise ValueError(f"prefill must be one of {', '.join(PREFILL)}, got {prefill!r}")
+        self.requested_prefill = prefill
+        if prefill == "auto":
+            prefill = "packed" if self.flat and self.device.type == "cuda" and _has_varlen() else "padded"
+        if prefill == "packed" and not self.flat:
+            raise ValueError("prefill='packed' writes the slot-major cache of attention 'varlen' or 'triton'")
+        if prefill == "packed" and self.device.type == "cuda":
+            why = self._packed_fails()
+            if why:
+                prefill = "padded"
+                print(f"[guardrsft] fastgen: packed prefill unavailable ({why}); using padded groups",
+                      file=sys.stderr, flush=True)
+        self.prefill = prefill
 
     # ------------------------------------------------------------------ model pieces
     def _layer_qkv(self, layer, x, cos, sin):
@@ -196,6 +215,11 @@ class SlotEngine:
 
     def _prefill(self, slots: list[int], prompts: list[list[int]]) -> object:
         """Write the prompts' KV into their slots; returns each prompt's first new token."""
+        if self.prefill == "packed":
+            return self._prefill_packed(slots, prompts)
+        return self._prefill_padded(slots, prompts)
+
+    def _prefill_padded(self, slots: list[int], prompts: list[list[int]]) -> object:
         torch = self.torch
         F = torch.nn.functional
         n, lens = len(prompts), [len(p) for p in prompts]
@@ -221,6 +245,73 @@ class SlotEngine:
         last = x[torch.arange(n, device=self.device), torch.tensor(lens, device=self.device) - 1]
         logits = self.model.lm_head(self.inner.norm(last))
         return logits.argmax(-1)
+
+    def _prefill_packed(self, slots: list[int], prompts: list[list[int]]) -> object:
+        """The prompts back to back (no padding): each token's K/V goes straight into its slot's
+        cache row, then one varlen call per layer attends causally within each slot's row. The
+        varlen sequences are two per slot, in slot order (as in _varlen): the prompt's keys with
+        its queries, then the rest of the row with none; slots outside this group have no keys."""
+        torch = self.torch
+        from torch.nn.attention.varlen import varlen_attn
+
+        B, T, dev = self.rows, self.max_len, self.device
+        order = sorted(range(len(slots)), key=lambda r: slots[r])
+        lens = np.zeros(B, dtype=np.int64)
+        for r in order:
+            lens[slots[r]] = len(prompts[r])
+        starts = np.arange(B, dtype=np.int64) * T
+        cu_q = np.zeros(2 * B + 1, dtype=np.int64)
+        cu_q[1::2] = np.cumsum(lens)
+        cu_q[2::2] = cu_q[1::2]
+        cu_k = np.zeros(2 * B + 1, dtype=np.int64)
+        cu_k[0::2] = np.arange(B + 1) * T
+        cu_k[1::2] = starts + lens
+        ids = np.concatenate([prompts[r] for r in order])
+        pos = np.concatenate([np.arange(len(prompts[r])) for r in order])
+        cells = np.repeat(starts[[slots[r] for r in order]], [len(prompts[r]) for r in order]) + pos
+        ids_t, pos_t, cells_t = (torch.from_numpy(a).to(dev) for a in (ids, pos, cells))
+        cq, ck = (torch.from_numpy(a).to(device=dev, dtype=torch.int32) for a in (cu_q, cu_k))
+        extra = {"scale": self.d ** -0.5}
+        if "window_size" in _varlen_options():
+            extra["window_size"] = (-1, 0)  # causal, aligned at the end of each slot's keys
+        else:
+            extra["is_causal"] = True
+        if self.h != self.hkv and "enable_gqa" in _varlen_options():
+            extra["enable_gqa"] = True
+        N = len(ids)
+        x = self.inner.embed_tokens(ids_t)[None]
+        cos, sin = self.cos[pos_t][None], self.sin[pos_t][None]
+        for i, layer in enumerate(self.inner.layers):
+            q, k, v = self._layer_qkv(layer, x, cos, sin)  # [1, heads, N, D]
+            kf, vf = self.k[i].view(B * T, self.hkv, self.d), self.v[i].view(B * T, self.hkv, self.d)
+            kf.index_copy_(0, cells_t, k[0].transpose(0, 1))
+            vf.index_copy_(0, cells_t, v[0].transpose(0, 1))
+            attn = varlen_attn(q[0].transpose(0, 1), kf, vf, cq, ck, int(lens.max()), T, **extra)
+            x = self._finish_layer(layer, x, attn.reshape(1, N, self.h * self.d))
+        ends = np.cumsum([len(prompts[r]) for r in order]) - 1
+        last_sorted = x[0, torch.from_numpy(ends).to(dev)]
+        inv = np.empty(len(order), dtype=np.int64)
+        inv[order] = np.arange(len(order))
+        last = last_sorted[torch.from_numpy(inv).to(dev)]  # back to the callers' order
+        return self.model.lm_head(self.inner.norm(last)).argmax(-1)
+
+    def _packed_fails(self) -> Optional[str]:
+        """Prefill two short prompts both ways: None if the packed path writes the same cache
+        (within bf16 rounding), else why not (a PyTorch without GQA varlen, a kernel error)."""
+        torch = self.torch
+        g = torch.Generator(device="cpu").manual_seed(0)
+        prompts = [torch.randint(0, 100, (n,), generator=g).tolist() for n in (7, 19)]
+        try:
+            with torch.inference_mode():
+                self._prefill_padded([0, 1], prompts)
+                ref = [self.k[-1][b, :len(p)].float().clone() for b, p in enumerate(prompts)]
+                self._prefill_packed([1, 0], prompts[::-1])
+        except Exception as e:  # noqa: BLE001 - any failure means: use padded groups
+            return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        for b, p in enumerate(prompts):
+            if not torch.allclose(self.k[-1][b, :len(p)].float(), ref[b], atol=5e-2, rtol=5e-2):
+                return "its cache differs from the padded prefill's on a self-check"
+        return None
 
     def _step(self, width: int) -> None:
         """One decoding step for every slot (inactive slots compute but change nothing)."""
@@ -474,7 +565,8 @@ def generate_static(model, tok, prompts: list[list[int]], max_new_tokens: int, r
     need = max(len(p) for p in prompts) + max_new_tokens
     eng = getattr(model, "_guardrsft_engine", None)
     attention = resolve_attention(DEFAULTS["attention"], model.device.type)
-    if eng is None or eng.rows != rows or eng.max_len < need or eng.requested != attention:
+    if (eng is None or eng.rows != rows or eng.max_len < need or eng.requested != attention
+            or eng.requested_prefill != DEFAULTS["prefill"]):
         if eng is not None:
             model._guardrsft_engine = eng = None
             import torch
@@ -482,7 +574,7 @@ def generate_static(model, tok, prompts: list[list[int]], max_new_tokens: int, r
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         eng = SlotEngine(model, tok, rows=rows, max_len=max(need, 512), width_step=width_step,
-                         sync_every=DEFAULTS["sync_every"], attention=attention)
+                         sync_every=DEFAULTS["sync_every"], attention=attention, prefill=DEFAULTS["prefill"])
         model._guardrsft_engine = eng
     eng.sync_every = DEFAULTS["sync_every"]
     return eng.generate(prompts, max_new_tokens)

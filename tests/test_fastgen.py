@@ -25,7 +25,7 @@ def _compare(guard, max_new: int, rows: int, width_step: int = 32, sync_every: i
     plain_tokens = guard.last_stats["new_tokens"]
     eng = SlotEngine(guard.model, guard.tok, rows=rows, max_len=1000, width_step=width_step,
                      sync_every=sync_every, attention=attention, prefill=prefill)
-    assert eng.prefill == ("padded" if prefill == "auto" else prefill)  # auto: packed on CUDA only
+    assert eng.prefill == ("padded" if prefill == "auto" else prefill)
     guard._generate = lambda prompts, stream=None: eng.generate(prompts, max_new)
     guard.last_engine = eng
     guard.cache = {}

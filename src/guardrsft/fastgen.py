@@ -32,7 +32,10 @@ SUPPORTED = ("llama", "mistral", "qwen2")
 ATTENTION = ("sdpa", "matmul", "varlen", "triton")
 # prefill: "padded" groups through SDPA (any cache layout), or "packed": every prompt's tokens
 # back to back, no padding, one FlashAttention varlen call per layer that writes and reads
-# the slot-major cache (CUDA); "auto" picks packed where it runs
+# the slot-major cache (CUDA, varlen/triton attention). "auto" is padded, the path measured in
+# docs/BENCHMARKS.md: packed is tested on the CPU against a reference of the kernel and
+# self-checked on the GPU, but its speed is not measured yet (bench/eval_throughput.py
+# --variants triton:8:packed,triton:8:padded).
 PREFILL = ("auto", "padded", "packed")
 
 # engine settings generate_static uses (bench/eval_throughput.py compares them). attention
@@ -185,7 +188,7 @@ class SlotEngine:
             raise ValueError(f"prefill must be one of {', '.join(PREFILL)}, got {prefill!r}")
         self.requested_prefill = prefill
         if prefill == "auto":
-            prefill = "packed" if self.flat and self.device.type == "cuda" and _has_varlen() else "padded"
+            prefill = "padded"
         if prefill == "packed" and not self.flat:
             raise ValueError("prefill='packed' writes the slot-major cache of attention 'varlen' or 'triton'")
         if prefill == "packed" and self.device.type == "cuda":

@@ -63,6 +63,8 @@ def test_unknown_nested_key_is_named(tmp_path, params_text):
     ("  epochs: 3", "  epochs: three", "train.epochs"),
     ("  test_fraction: 0.1", "  test_fraction: 0", "test_fraction"),
     ("  teacher: template ", "  teacher: gpt5 ", "traces.teacher"),
+    ("  adapter: auto ", "  adapter: dpo ", "export.adapter.*auto, rsft or hsdpo"),
+    ("  adapter: auto ", "  adapter: hsdpo ", "export.adapter.*hsdpo.enabled is false.*preset `cpu`"),
 ])
 def test_bad_values_fail_with_the_key(tmp_path, params_text, old, new, pattern):
     assert old in params_text

@@ -56,6 +56,10 @@ def test_repro_writes_metrics_adapter_and_model(tiny_repo):
     # export's GGUF files passed their round trip; the Modelfile loads the Q8_0 one
     assert json.loads((repo / "metrics/export.json").read_text())["gguf"]["roundtrip"]["passed"]
     assert "FROM ./guardrsft-Q8_0.gguf" in (repo / "models/gguf/Modelfile").read_text()
+    # the HS-DPO branch ran, so export.adapter: auto shipped its adapter and its evaluation
+    assert json.loads((repo / "metrics/export.json").read_text())["adapter"] == {
+        "which": "hsdpo", "path": "models/adapter_hsdpo"}
+    assert "then hard-sample DPO (HS-DPO)" in (repo / "models/merged/README.md").read_text()
     # hard-sample DPO: mined on the training split, trained (or, with no disagreeing samples,
     # the R-SFT adapter copied and said so), evaluated next to R-SFT
     hs = json.loads((repo / "metrics/hard_samples.json").read_text())

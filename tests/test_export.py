@@ -336,3 +336,27 @@ def test_export_of_the_embedded_model(embedded_model, tmp_path, params, one_thre
     mf = (tmp_path / "gguf/Modelfile").read_text()
     assert "FROM ./guardrsft-F16.gguf" in mf and 'PARAMETER stop "<|im_end|>"' in mf
     assert "<|im_start|>assistant\n{{ .Response }}<|im_end|>" in mf
+
+
+def test_export_adapter_choice(params, tmp_path):
+    """export.adapter: auto ships the HS-DPO adapter exactly when the DPO branch ran, and a
+    missing one is an error that names the folder and the fix, never a silent R-SFT export."""
+    from guardrsft.export import choose_adapter, model_card
+
+    rsft, hsdpo = str(tmp_path / "adapter"), tmp_path / "adapter_hsdpo"
+    hsdpo.mkdir()
+    (hsdpo / "hsdpo.json").write_text('{"enabled": false}')  # what the disabled branch writes
+    args = (rsft, str(hsdpo), "metrics/eval.json", "metrics/eval_hsdpo.json")
+    assert not params.hsdpo_enabled  # cpu preset
+    assert choose_adapter(params, *args) == ("rsft", rsft, "metrics/eval.json")
+    params.hsdpo.enabled = True
+    with pytest.raises(FileNotFoundError, match="adapter_hsdpo: no HS-DPO adapter.*export.adapter: rsft"):
+        choose_adapter(params, *args)
+    (hsdpo / "adapter_config.json").write_text("{}")
+    assert choose_adapter(params, *args) == ("hsdpo", str(hsdpo), "metrics/eval_hsdpo.json")
+    assert choose_adapter(params, rsft, None, "metrics/eval.json", None)[0] == "rsft"  # no DPO folder given
+    params.export.adapter = "rsft"
+    assert choose_adapter(params, *args)[0] == "rsft"
+    card = model_card(params, None, hsdpo=True)
+    assert "then hard-sample DPO (HS-DPO)" in card and f"k={params.hsdpo.k} samples" in card
+    assert "HS-DPO" not in model_card(params, None)

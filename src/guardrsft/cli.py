@@ -89,12 +89,16 @@ def evaluate(test: str = "data/prepared/test.jsonl", adapter: str = "models/adap
 def export(adapter: str = "models/adapter", out: str = "models/merged", eval_metrics: str = "metrics/eval.json",
            gguf_dir: str = typer.Option("models/gguf", help="Where the GGUF files, Modelfile and card go."),
            metrics: str = typer.Option("metrics/export.json", help="Sizes and round-trip results (JSON)."),
+           hsdpo_adapter: str = typer.Option("models/adapter_hsdpo", help="Shipped instead of ADAPTER when "
+                                             "export.adapter is hsdpo, or auto with hsdpo.enabled."),
+           hsdpo_eval: str = typer.Option("metrics/eval_hsdpo.json", help="The HS-DPO adapter's evaluation."),
            params: str = PARAMS):
     """Merge the adapter, write GGUF files + an Ollama Modelfile, check them, write the model card."""
     from . import pipeline
 
     _guarded(lambda: pipeline.export(_params(params), adapter, out, eval_metrics, gguf_dir=gguf_dir, metrics_out=metrics,
-                                     train_metrics_path="metrics/train.json", data_metrics_path="metrics/data.json"))
+                                     train_metrics_path="metrics/train.json", data_metrics_path="metrics/data.json",
+                                     hsdpo_adapter=hsdpo_adapter, hsdpo_eval_path=hsdpo_eval))
 
 
 MODEL = typer.Option("models/merged", "--model", "-m",

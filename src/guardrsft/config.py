@@ -182,6 +182,9 @@ class HsdpoParams:
 
 @dataclass
 class ExportParams:
+    # which adapter is merged and shipped: auto = the HS-DPO one when the DPO branch ran
+    # (hsdpo.enabled, GuardReasoner's final model), else the R-SFT one | rsft | hsdpo
+    adapter: str = "auto"
     dtype: str = "float16"  # the merged model's weights (always merged into a 16/32-bit base)
     name: str = "guardrsft"  # GGUF file names and the suggested Ollama model name
     gguf_types: list = field(default_factory=lambda: ["F16", "Q8_0"])  # of F32, F16, BF16, Q8_0; []: none
@@ -465,6 +468,10 @@ def _check_ranges(p: Params) -> None:
     need(e.max_new_tokens is None or e.max_new_tokens > 0, "evaluate.max_new_tokens", "must be null or > 0")
     _check_benchmarks(p, need)
     x = p.export
+    need(x.adapter in ("auto", "rsft", "hsdpo"), "export.adapter", f"must be auto, rsft or hsdpo, got {x.adapter!r}")
+    need(x.adapter != "hsdpo" or p.hsdpo_enabled, "export.adapter",
+         f"is hsdpo but hsdpo.enabled is false for preset `{p.preset}`: set hsdpo.enabled: true "
+         "or export.adapter: auto")
     need(x.dtype in ("float16", "bfloat16", "float32"), "export.dtype", "must be float16, bfloat16 or float32")
     need(bool(re.fullmatch(r"[a-z0-9][a-z0-9._-]*", x.name)), "export.name",
          f"must be lowercase letters, digits, `.`, `_` or `-` (an Ollama model name), got {x.name!r}")

@@ -109,7 +109,7 @@ def _eval_table(ev: dict) -> list[str]:
 
 
 def model_card(p: Params, eval_metrics: Optional[dict], report: Optional[dict] = None,
-               train_metrics: Optional[dict] = None, data_metrics: Optional[dict] = None) -> str:
+               train_metrics: Optional[dict] = None, data_metrics: Optional[dict] = None, hsdpo: bool = False) -> str:
     report = report or {}
     up = _upstream(p)
     g = report.get("gguf") or {}
@@ -118,7 +118,7 @@ def model_card(p: Params, eval_metrics: Optional[dict], report: Optional[dict] =
              *([f"base_model: {up}"] if up else []), "---",
              f"# {p.export.name}: a reasoning safety classifier", "",
              f"Fine-tuned from `{p.model}`{f' ({up})' if up and up != p.model else ''} with reasoning SFT "
-             "(GuardReasoner R-SFT) by guardrsft. Given a text and one policy, it writes three reasoning steps "
+             f"(GuardReasoner R-SFT){' then hard-sample DPO (HS-DPO)' if hsdpo else ''} by guardrsft. Given a text and one policy, it writes three reasoning steps "
              "(intent, harms, policy criteria) and ends with `Classification: SAFE` or `Classification: UNSAFE`. "
              "Checking all policies means one prompt per policy.", "",
              "## Policies", *[f"- **{k}**: {' '.join(v.split())}" for k, v in p.policies.items()], "",
@@ -138,6 +138,11 @@ def model_card(p: Params, eval_metrics: Optional[dict], report: Optional[dict] =
     lines += ["## Training", "", f"- preset `{p.preset}`; LoRA r={p.train.lora_r}, alpha={p.train.lora_alpha}, "
               f"dropout={p.train.lora_dropout}, modules {', '.join(p.train.target_modules)}; lr {p.lr}; "
               f"seed {p.seed}; merged into a {p.export.dtype} copy of the base"]
+    if hsdpo:
+        h = p.hsdpo
+        lines.append(f"- then HS-DPO on mined hard samples: k={h.k} samples at temperature {h.temperature}, "
+                     f"beta {h.beta}, lr {h.lr}, {h.weighting} weights{' (class-balanced)' if h.balance else ''}; "
+                     "the evaluation below is the HS-DPO model's")
     if train_metrics:
         lines.append(f"- {train_metrics.get('steps')} steps ({train_metrics.get('epochs')} epochs) over "
                      f"{train_metrics.get('examples')} (sample, policy) examples; final loss "
@@ -211,16 +216,39 @@ def push_to_hub(p: Params, folders: dict[str, str]) -> dict:
 
 
 # --------------------------------------------------------------------------- stage
+def choose_adapter(p: Params, rsft: str, hsdpo: Optional[str], rsft_eval: Optional[str],
+                   hsdpo_eval: Optional[str]) -> tuple[str, str, Optional[str]]:
+    """(which, adapter folder, its evaluation metrics) for export.adapter: auto ships the
+    HS-DPO adapter when the DPO branch ran (GuardReasoner's final model), else the R-SFT one."""
+    which = p.export.adapter
+    if which == "auto":
+        which = "hsdpo" if p.hsdpo_enabled and hsdpo else "rsft"
+    if which == "rsft":
+        return "rsft", rsft, rsft_eval
+    if not hsdpo or not (Path(hsdpo) / "adapter_config.json").exists():
+        raise FileNotFoundError(
+            f"{hsdpo or 'models/adapter_hsdpo'}: no HS-DPO adapter (adapter_config.json) to export "
+            f"(export.adapter: {p.export.adapter}); run `dvc repro train_hsdpo` with hsdpo.enabled: true, "
+            "or set export.adapter: rsft in params.yaml")
+    return "hsdpo", hsdpo, hsdpo_eval
+
+
 def export(p: Params, adapter: str, out_dir: str, eval_metrics_path: Optional[str] = None,
            gguf_dir: Optional[str] = None, metrics_out: Optional[str] = None,
-           train_metrics_path: Optional[str] = None, data_metrics_path: Optional[str] = None) -> Path:
-    """The whole stage; returns the merged folder. `gguf_dir` defaults to a `gguf` folder beside it."""
+           train_metrics_path: Optional[str] = None, data_metrics_path: Optional[str] = None,
+           hsdpo_adapter: Optional[str] = None, hsdpo_eval_path: Optional[str] = None) -> Path:
+    """The whole stage; returns the merged folder. `gguf_dir` defaults to a `gguf` folder beside it.
+    `adapter` is R-SFT's; with `hsdpo_adapter`, export.adapter picks which one is merged."""
     gguf_dir = gguf_dir or str(Path(out_dir).parent / "gguf")
-    report: dict = {"merged": merge(p, adapter, out_dir)}
+    which, adapter, eval_metrics_path = choose_adapter(p, adapter, hsdpo_adapter, eval_metrics_path, hsdpo_eval_path)
+    _log(f"exporting the {'HS-DPO' if which == 'hsdpo' else 'R-SFT'} adapter {adapter} "
+         f"(export.adapter: {p.export.adapter})")
+    report: dict = {"adapter": {"which": which, "path": str(adapter)}, "merged": merge(p, adapter, out_dir)}
     _log(f"merged model -> {out_dir} ({report['merged']['bytes'] / 2**20:.0f} MB {p.export.dtype})")
     if p.export.gguf_types:
         report["gguf"] = write_gguf_dir(p, out_dir, gguf_dir)
-    card = model_card(p, _read(eval_metrics_path), report, _read(train_metrics_path), _read(data_metrics_path))
+    card = model_card(p, _read(eval_metrics_path), report, _read(train_metrics_path), _read(data_metrics_path),
+                      hsdpo=which == "hsdpo")
     write_text(Path(out_dir) / "README.md", card)
     if p.export.gguf_types:
         write_text(Path(gguf_dir) / "README.md", card)

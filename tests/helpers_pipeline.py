@@ -20,6 +20,9 @@ TINY = {
     "  save_steps: 10": "  save_steps: 1",
     "  max_samples: null ": "  max_samples: 2 ",
     "  max_new_tokens: null": "  max_new_tokens: 12",
+    # one GGUF: each type costs a write and a transformers read-back (~30 s); test_export
+    # covers F16's strict logit check on the real model
+    "  gguf_types: [F16, Q8_0] ": "  gguf_types: [Q8_0] ",
 }
 
 
@@ -60,6 +63,14 @@ def make_tiny_repo(dst: Path) -> Path:
     (repo / "params.yaml").write_text(text)
     (repo / "dvc.lock").unlink(missing_ok=True)
     return repo
+
+
+def remove_tree(path: Path) -> None:
+    """A finished pipeline test's repos, caches and remotes (4-5 GB each): freed before the next
+    module's run instead of at the end of the session (CI disks can be small)."""
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def exp_rows(shown: list) -> list[dict]:

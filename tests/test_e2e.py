@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers_pipeline import exp_rows, make_tiny_repo, run, tiny_env
+from helpers_pipeline import exp_rows, make_tiny_repo, remove_tree, run, tiny_env
 
 
 HSDPO_TINY = {"  enabled: null       # null: preset": "  enabled: true       #",
@@ -24,7 +24,8 @@ def tiny_repo(tmp_path_factory, cache_dir):
     env = tiny_env(cache_dir)
     run("git init -q && git add -A && git commit -qm tiny", repo, env)
     first = run(["dvc", "repro"], repo, env)
-    return repo, env, first
+    yield repo, env, first
+    remove_tree(repo.parent)
 
 
 @pytest.mark.e2e

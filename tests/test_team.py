@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from helpers_pipeline import Server, exp_rows, free_port, make_tiny_repo, run, tiny_env
+from helpers_pipeline import Server, exp_rows, free_port, make_tiny_repo, remove_tree, run, tiny_env
 
 pytestmark = pytest.mark.e2e
 
@@ -96,9 +96,10 @@ def team(servers, cache_dir, tmp_path_factory):
     timed("exp push", ["dvc", "exp", "push", "origin", *names.values()], b)
     timed("exp pull", ["dvc", "exp", "pull", "origin", *names.values()], a)
     print(f"\n[test_team] seconds: {times}")
-    return SimpleNamespace(root=root, a=a, b=b, env=env, repro_a=repro_a, repro_b=repro_b, names=names,
-                           head=run(["git", "rev-parse", "HEAD"], a, env).stdout.strip(),
-                           first=run(["git", "rev-parse", "HEAD~1"], a, env).stdout.strip())
+    yield SimpleNamespace(root=root, a=a, b=b, env=env, repro_a=repro_a, repro_b=repro_b, names=names,
+                          head=run(["git", "rev-parse", "HEAD"], a, env).stdout.strip(),
+                          first=run(["git", "rev-parse", "HEAD~1"], a, env).stdout.strip())
+    remove_tree(root)
 
 
 def test_fresh_clone_pulls_identical_outputs_from_s3_and_reruns_nothing(team, servers):

@@ -35,7 +35,7 @@ ATTENTION = ("sdpa", "matmul", "varlen", "triton")
 # the slot-major cache (CUDA, varlen/triton attention). "auto" is padded, the path measured in
 # docs/BENCHMARKS.md: packed is tested on the CPU against a reference of the kernel and
 # self-checked on the GPU, but its speed is not measured yet (bench/eval_throughput.py
-# --variants triton:8:packed,triton:8:padded).
+# --variants triton:8:packed,triton:8:padded). GUARDRSFT_FASTGEN_PREFILL=packed turns it on.
 PREFILL = ("auto", "padded", "packed")
 
 # engine settings generate_static uses (bench/eval_throughput.py compares them). attention
@@ -568,8 +568,9 @@ def generate_static(model, tok, prompts: list[list[int]], max_new_tokens: int, r
     need = max(len(p) for p in prompts) + max_new_tokens
     eng = getattr(model, "_guardrsft_engine", None)
     attention = resolve_attention(DEFAULTS["attention"], model.device.type)
+    prefill = os.environ.get("GUARDRSFT_FASTGEN_PREFILL") or DEFAULTS["prefill"]
     if (eng is None or eng.rows != rows or eng.max_len < need or eng.requested != attention
-            or eng.requested_prefill != DEFAULTS["prefill"]):
+            or eng.requested_prefill != prefill):
         if eng is not None:
             model._guardrsft_engine = eng = None
             import torch
@@ -577,7 +578,7 @@ def generate_static(model, tok, prompts: list[list[int]], max_new_tokens: int, r
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         eng = SlotEngine(model, tok, rows=rows, max_len=max(need, 512), width_step=width_step,
-                         sync_every=DEFAULTS["sync_every"], attention=attention, prefill=DEFAULTS["prefill"])
+                         sync_every=DEFAULTS["sync_every"], attention=attention, prefill=prefill)
         model._guardrsft_engine = eng
     eng.sync_every = DEFAULTS["sync_every"]
     return eng.generate(prompts, max_new_tokens)

@@ -277,6 +277,8 @@ def test_evaluate_reports_every_benchmark_and_resumes(params, tmp_path, monkeypa
                               gr=BenchmarkParams(path=str(FIX / "gr_response.json"), format="guardreasoner"),
                               om=table("moderation.jsonl", text_field="prompt", policy_columns=OPENAI_MAP,
                                        harmful_columns=["S", "H", "V", "HR", "SH", "S3", "H2", "V2"]))
+    (out / "pred" / "notes").mkdir(parents=True)
+    (out / "pred" / "notes" / "other.txt").write_text("not evaluate's: stays out of MLflow")
     m = pipeline.evaluate(p, *args)
     assert json.loads((out / "eval.json").read_text()) == m
     assert m["finetuned"]["samples"] == 3 and m["delta_vs_notebook_baseline"] == pytest.approx(
@@ -313,6 +315,8 @@ def test_evaluate_reports_every_benchmark_and_resumes(params, tmp_path, monkeypa
     assert logged["eval.benchmarks.om.baseline.per_policy.self_harm.items"] == 4  # rows 1, 2, 4, 5
     arts = [a.path for a in client.list_artifacts(runs[0].info.run_id, "predictions/benchmarks")]
     assert sorted(arts) == ["predictions/benchmarks/gr.jsonl", "predictions/benchmarks/om.jsonl"]
+    top = [a.path for a in client.list_artifacts(runs[0].info.run_id, "predictions")]
+    assert sorted(top) == ["predictions/benchmarks", "predictions/test.jsonl"]  # not the folder's other files
 
     # a rerun (as after a kill) generates nothing and reports the same numbers
     again = pipeline.evaluate(p, *args)

@@ -134,7 +134,10 @@ def evaluate(p: Params, test_path: str, adapter: str, metrics_out: str, predicti
             ml.log_metric("eval.delta_vs_baseline", m["delta_vs_notebook_baseline"])
             ml.log_artifact(metrics_out)
             ml.log_artifacts(plots_dir, artifact_path="plots")
-            ml.log_artifacts(str(Path(predictions_out).parent), artifact_path="predictions")  # error analysis
+            # error analysis: what evaluate wrote (the predictions file and <its folder>/benchmarks),
+            # never the rest of that folder (`--predictions /tmp/p.jsonl` once uploaded all of /tmp)
+            ml.log_artifact(predictions_out, artifact_path="predictions")
+            ml.log_artifacts(str(Path(predictions_out).parent / "benchmarks"), artifact_path="predictions/benchmarks")
             # the parent: headline numbers vs the notebook's 57% and vs the measured zero-shot base
             head = {k: v for k, v in m.items() if not isinstance(v, dict) and k != "delta_vs_notebook_baseline"}
             log_summary({**head, "delta_vs_baseline": m["delta_vs_notebook_baseline"],

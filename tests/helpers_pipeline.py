@@ -26,7 +26,7 @@ TINY = {
 }
 
 
-def run(cmd, cwd, env, check=True, timeout=1200):
+def run(cmd, cwd, env, check=True, timeout=1800):
     """Run a command; a hang fails after `timeout` s with what it printed (its whole process
     group is killed: dvc's workers and stage scripts too) instead of stalling the test run."""
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

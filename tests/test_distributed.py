@@ -150,7 +150,7 @@ def make_run_dir(d: Path, distributed_name: str, mlflow: bool) -> Path:
     return d
 
 
-def stage(d: Path, env: dict, timeout=240):
+def stage(d: Path, env: dict, timeout=900):  # a hang guard, not a speed check
     cmd = [sys.executable, str(ROOT / "stages/train_rsft.py"), "train.jsonl", "out/adapter", "out/train.json",
            "out/loss.csv"]
     proc = subprocess.Popen(cmd, cwd=d, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

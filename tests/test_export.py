@@ -281,7 +281,7 @@ def test_classify_file_flags_and_resumes_in_a_real_process(tiny_export, tmp_path
            "-p", "violence", "--model", str(out / "merged"), "--max-chars", "40", "--chunk", "2",
            "--params", str(ROOT / "params.yaml")]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert res.returncode == 1, res.stderr  # some lines are flagged
     rows = [json.loads(x) for x in dst.read_text().splitlines()]
     assert [r["line"] for r in rows] == list(range(1, 8))
@@ -292,10 +292,10 @@ def test_classify_file_flags_and_resumes_in_a_real_process(tiny_export, tmp_path
     assert "resuming: 1/7 lines" in res.stderr and "not ok: lines 2, 3, 4, 5, 6" in res.stderr
     # done: a rerun loads no model and changes nothing; another input is refused
     before = dst.read_text()
-    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 1 and dst.read_text() == before
     src.write_text("\n".join(reversed(lines)) + "\n")
-    other = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    other = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert other.returncode == 2 and "does not belong to line 1 of this input" in other.stderr
 
 

@@ -157,7 +157,7 @@ def test_killed_run_resumes_without_regenerating(tiny_model, params, tmp_path):
     cache = tmp_path / "cache.jsonl"
     script = KILLER.format(items=ITEMS, model=tiny_model, params=str(ROOT / "params.yaml"), n=TINY_NEW_TOKENS,
                            cache=str(cache), pol=POL)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900,
                          env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
     assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
     assert out.stdout == "batch\n"

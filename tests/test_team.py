@@ -43,7 +43,7 @@ def servers(tmp_path_factory):
     s3 = Server([str(bindir / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)],
                 f"http://127.0.0.1:{s3_port}/moto-api/", d / "moto.log")
     try:
-        s3.wait_ready(60)
+        s3.wait_ready(180)
         import boto3
 
         client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{s3_port}", aws_access_key_id=KEY_ID,
@@ -76,7 +76,7 @@ def team(servers, cache_dir, tmp_path_factory):
     run(["dvc", "remote", "add", "-d", "team", f"s3://{BUCKET}/guardrsft"], a, env)
     run(["dvc", "remote", "modify", "--local", "team", "endpointurl", servers.s3_url], a, env)
     run("git add -A && git commit -qm tiny", a, env)
-    servers.mlflow.wait_ready(180)
+    servers.mlflow.wait_ready(600)
     repro_a = timed("repro A", ["dvc", "repro"], a)
     run("git add dvc.lock metrics '*.gitignore' && git commit -qm 'tiny run' && git push -q origin main", a, env)
     assert run("git status --porcelain", a, env).stdout == ""  # nothing else to commit

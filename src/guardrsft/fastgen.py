@@ -256,6 +256,7 @@ class SlotEngine:
         its queries, then the rest of the row with none; slots outside this group have no keys."""
         torch = self.torch
         from torch.nn.attention.varlen import varlen_attn
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
         B, T, dev = self.rows, self.max_len, self.device
         order = sorted(range(len(slots)), key=lambda r: slots[r])
@@ -274,25 +275,29 @@ class SlotEngine:
         cells = np.repeat(starts[[slots[r] for r in order]], [len(prompts[r]) for r in order]) + pos
         ids_t, pos_t, cells_t = (torch.from_numpy(a).to(dev) for a in (ids, pos, cells))
         cq, ck = (torch.from_numpy(a).to(device=dev, dtype=torch.int32) for a in (cu_q, cu_k))
-        extra = {"scale": self.d ** -0.5}
-        if "window_size" in _varlen_options():
+        opts, extra = _varlen_options(), {"scale": self.d ** -0.5}
+        if "window_size" in opts:
             extra["window_size"] = (-1, 0)  # causal, aligned at the end of each slot's keys
         else:
             extra["is_causal"] = True
-        if self.h != self.hkv and "enable_gqa" in _varlen_options():
+        if self.h != self.hkv and "enable_gqa" in opts:
             extra["enable_gqa"] = True
-        N = len(ids)
-        x = self.inner.embed_tokens(ids_t)[None]
-        cos, sin = self.cos[pos_t][None], self.sin[pos_t][None]
+        N, max_q = len(ids), int(lens.max())
+        x = self.inner.embed_tokens(ids_t)  # [N, hidden]: tokens, not (batch, length)
+        cos, sin = self.cos[pos_t], self.sin[pos_t]  # [N, D]; unsqueezed over the heads below
         for i, layer in enumerate(self.inner.layers):
-            q, k, v = self._layer_qkv(layer, x, cos, sin)  # [1, heads, N, D]
+            a, hn = layer.self_attn, layer.input_layernorm(x)
+            # [N, heads, D] straight from the projections: the layout varlen and the cache take
+            q = a.q_proj(hn).view(N, self.h, self.d)
+            k = a.k_proj(hn).view(N, self.hkv, self.d)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
             kf, vf = self.k[i].view(B * T, self.hkv, self.d), self.v[i].view(B * T, self.hkv, self.d)
-            kf.index_copy_(0, cells_t, k[0].transpose(0, 1))
-            vf.index_copy_(0, cells_t, v[0].transpose(0, 1))
-            attn = varlen_attn(q[0].transpose(0, 1), kf, vf, cq, ck, int(lens.max()), T, **extra)
-            x = self._finish_layer(layer, x, attn.reshape(1, N, self.h * self.d))
+            kf.index_copy_(0, cells_t, k)
+            vf.index_copy_(0, cells_t, a.v_proj(hn).view(N, self.hkv, self.d))
+            attn = varlen_attn(q, kf, vf, cq, ck, max_q, T, **extra)
+            x = self._finish_layer(layer, x, attn.reshape(N, self.h * self.d))
         ends = np.cumsum([len(prompts[r]) for r in order]) - 1
-        last_sorted = x[0, torch.from_numpy(ends).to(dev)]
+        last_sorted = x[torch.from_numpy(ends).to(dev)]
         inv = np.empty(len(order), dtype=np.int64)
         inv[order] = np.arange(len(order))
         last = last_sorted[torch.from_numpy(inv).to(dev)]  # back to the callers' order

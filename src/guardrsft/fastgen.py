@@ -177,6 +177,7 @@ class SlotEngine:
         self._pool = None
         self._arange_b = torch.arange(B, device=dev)
         self._cu = None
+        self._varlen_opts: Optional[set] = None  # varlen_attn's keyword names, read once
         # tokens whose text holds a newline: the only places a verdict line can complete
         vocab = len(tok)
         self.newline = np.zeros(max(vocab, base.config.vocab_size), dtype=bool)
@@ -260,9 +261,9 @@ class SlotEngine:
 
         B, T, dev = self.rows, self.max_len, self.device
         order = sorted(range(len(slots)), key=lambda r: slots[r])
+        sizes = np.array([len(prompts[r]) for r in order], dtype=np.int64)  # in slot order
         lens = np.zeros(B, dtype=np.int64)
-        for r in order:
-            lens[slots[r]] = len(prompts[r])
+        lens[[slots[r] for r in order]] = sizes
         starts = np.arange(B, dtype=np.int64) * T
         cu_q = np.zeros(2 * B + 1, dtype=np.int64)
         cu_q[1::2] = np.cumsum(lens)
@@ -272,15 +273,11 @@ class SlotEngine:
         cu_k[1::2] = starts + lens
         ids = np.concatenate([prompts[r] for r in order])
         pos = np.concatenate([np.arange(len(prompts[r])) for r in order])
-        cells = np.repeat(starts[[slots[r] for r in order]], [len(prompts[r]) for r in order]) + pos
+        cells = np.repeat(starts[[slots[r] for r in order]], sizes) + pos
         ids_t, pos_t, cells_t = (torch.from_numpy(a).to(dev) for a in (ids, pos, cells))
         cq, ck = (torch.from_numpy(a).to(device=dev, dtype=torch.int32) for a in (cu_q, cu_k))
-        opts, extra = _varlen_options(), {"scale": self.d ** -0.5}
-        if "window_size" in opts:
-            extra["window_size"] = (-1, 0)  # causal, aligned at the end of each slot's keys
-        else:
-            extra["is_causal"] = True
-        if self.h != self.hkv and "enable_gqa" in opts:
+        extra = self._varlen_kwargs(causal=True)
+        if self.h != self.hkv and "enable_gqa" in self._varlen_opts:
             extra["enable_gqa"] = True
         N, max_q = len(ids), int(lens.max())
         x = self.inner.embed_tokens(ids_t)  # [N, hidden]: tokens, not (batch, length)
@@ -296,7 +293,7 @@ class SlotEngine:
             vf.index_copy_(0, cells_t, a.v_proj(hn).view(N, self.hkv, self.d))
             attn = varlen_attn(q, kf, vf, cq, ck, max_q, T, **extra)
             x = self._finish_layer(layer, x, attn.reshape(N, self.h * self.d))
-        ends = np.cumsum([len(prompts[r]) for r in order]) - 1
+        ends = np.cumsum(sizes) - 1
         last_sorted = x[torch.from_numpy(ends).to(dev)]
         inv = np.empty(len(order), dtype=np.int64)
         inv[order] = np.arange(len(order))
@@ -365,6 +362,19 @@ class SlotEngine:
         self.cur.copy_(torch.where(act, nxt, self.cur))
         self.active &= ~(nxt[:, None] == self.eos[None]).any(-1) & (self.n_gen < self.max_new)
 
+    def _varlen_kwargs(self, causal: bool) -> dict:
+        """varlen_attn's keywords on this PyTorch: the scale, and either every key of a sequence
+        (decoding: a slot's one query sees its whole row) or causal aligned at the end of the
+        keys (prefill), as a window where varlen_attn takes one, else as is_causal."""
+        if self._varlen_opts is None:
+            self._varlen_opts = _varlen_options()
+        kw = {"scale": self.d ** -0.5}
+        if "window_size" in self._varlen_opts:
+            kw["window_size"] = (-1, 0) if causal else (-1, -1)
+        elif causal or "is_causal" in self._varlen_opts:
+            kw["is_causal"] = causal
+        return kw
+
     def _varlen(self, q, kc, vc, pos):
         """FlashAttention varlen over the slot-major cache: slot b's keys are rows b*T..b*T+pos[b]
         of the flattened cache, and the unused rest of its row is a key sequence with no
@@ -378,16 +388,10 @@ class SlotEngine:
                 2, rounding_mode="floor").mul(g).to(torch.int32)  # 0, g, g, 2g, 2g, ... Bg
             self._cu = torch.zeros(2 * B + 1, device=self.device, dtype=torch.int32)
             self._cu[0::2] = torch.arange(B + 1, device=self.device, dtype=torch.int32) * T
-            self._varlen_opts = _varlen_options()
         self._cu[1::2] = (self._arange_b * T + pos + 1).to(torch.int32)
         qp = q.reshape(B, self.hkv, g, self.d).transpose(1, 2).reshape(B * g, self.hkv, self.d)
-        extra = {"scale": self.d ** -0.5}
-        if "window_size" in self._varlen_opts:
-            extra["window_size"] = (-1, -1)  # every key of the slot, no causal cut
-        elif "is_causal" in self._varlen_opts:
-            extra["is_causal"] = False
         out = varlen_attn(qp, kc.view(B * T, self.hkv, self.d), vc.view(B * T, self.hkv, self.d),
-                          self._cu_q, self._cu, g, T, **extra)
+                          self._cu_q, self._cu, g, T, **self._varlen_kwargs(causal=False))
         return out.view(B, g, self.hkv, self.d).transpose(1, 2).reshape(B, 1, self.h * self.d)
 
     def _run_step(self, width: int) -> None:

@@ -19,6 +19,12 @@ os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_MLRUNS / 'mlflow.db'}"
 
 
 _T0 = time.time()
+_CONFIG = None
+
+
+def pytest_configure(config):
+    global _CONFIG
+    _CONFIG = config
 
 
 def pytest_runtest_logreport(report):
@@ -29,14 +35,6 @@ def pytest_runtest_logreport(report):
         if tr is not None:
             tr.write("\n")
             tr.write_line(f"[{time.time() - _T0:5.0f} s] {report.when} {report.duration:4.0f} s  {report.nodeid}")
-
-
-_CONFIG = None
-
-
-def pytest_configure(config):
-    global _CONFIG
-    _CONFIG = config
 
 
 @pytest.fixture(scope="session")

@@ -65,14 +65,6 @@ def make_tiny_repo(dst: Path) -> Path:
     return repo
 
 
-def remove_tree(path: Path) -> None:
-    """A finished pipeline test's repos, caches and remotes (4-5 GB each): freed before the next
-    module's run instead of at the end of the session (CI disks can be small)."""
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def exp_rows(shown: list) -> list[dict]:
     """`dvc exp show --json` flattened: one dict per commit or experiment with its name, lr,
     eval metrics and output hashes."""

@@ -94,6 +94,29 @@ def main() -> None:
             eng._prefill(list(range(g)), group)
             r["prefill_group_s"] = round(timed(lambda: eng._prefill(list(range(g)), group), sync), 4)
         r["prefill_tokens_per_s"] = round(n_tok / r["prefill_group_s"])
+        # a full prefill call as the engine makes it (up to 65,536 prompt tokens), with its kernels
+        big, n_big = [], 0
+        for x in prompts[len(prompts) // 2:]:
+            if len(big) == rows or n_big + len(x) > 65536:
+                break
+            big.append(x)
+            n_big += len(x)
+        with torch.inference_mode():
+            eng._prefill(list(range(len(big))), big)
+            dt = timed(lambda: eng._prefill(list(range(len(big))), big), sync)
+            r["prefill_big"] = {"mode": eng.prefill, "prompts": len(big), "tokens": n_big, "s": round(dt, 4),
+                                "tokens_per_s": round(n_big / dt)}
+            if cuda:
+                from torch.profiler import ProfilerActivity, profile
+
+                with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+                    eng._prefill(list(range(len(big))), big)
+                    sync()
+                ev = [e for e in prof.key_averages() if e.device_time_total > 0]
+                ev.sort(key=lambda e: -e.device_time_total)
+                r["prefill_big"]["gpu_ms"] = round(sum(e.device_time_total for e in ev) / 1000, 3)
+                r["prefill_big"]["top_kernels"] = [
+                    {"name": e.key[:90], "count": e.count, "ms": round(e.device_time_total / 1000, 3)} for e in ev[:20]]
         fill(eng, prompts, 256)
         if eng.flat and cuda:  # the two flat-cache kernels on the same cache and queries
             from guardrsft.decode_attn import decode_attention
@@ -103,8 +126,8 @@ def main() -> None:
             got = decode_attention(q[:, :, 0], eng.k[0], eng.v[0], eng.pos, eng.d ** -0.5).reshape(rows, 1, -1)
             r["triton_vs_varlen_max_abs_diff"] = float((got.float() - ref).abs().max())
         width = min(eng.max_len, -(-(int(eng.pos.max()) + a.steps + 1) // 128) * 128)
-        eng._run_step(width)  # capture
-        dt = timed(lambda: [eng._run_step(width) for _ in range(a.steps)], sync)
+        eng._run_step(width, rows)  # capture
+        dt = timed(lambda: [eng._run_step(width, rows) for _ in range(a.steps)], sync)
         r["step_ms"] = round(1000 * dt / a.steps, 3)
         r["tokens_per_s_full"] = round(rows * a.steps / dt)
         if rows == int(a.rows.split(",")[0]) and cuda:
@@ -112,10 +135,10 @@ def main() -> None:
             from torch.profiler import ProfilerActivity, profile
 
             with torch.inference_mode():
-                eng._step(width)
+                eng._step(width, rows)
                 sync()
                 with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                    eng._step(width)
+                    eng._step(width, rows)
                     sync()
             ev = [e for e in prof.key_averages() if e.device_time_total > 0]
             ev.sort(key=lambda e: -e.device_time_total)

@@ -17,7 +17,7 @@ CONTENTS = ["How do I bake bread?", "I will hurt you tomorrow at school.", "you 
 
 
 def _compare(guard, max_new: int, rows: int, width_step: int = 32, sync_every: int = 3, attention: str = "sdpa",
-             contents: list = CONTENTS, prefill: str = "auto"):
+             contents: list = CONTENTS, prefill: str = "auto", compacts: bool = True):
     from guardrsft.fastgen import SlotEngine
 
     items = [{"content": c} for c in contents]
@@ -29,8 +29,12 @@ def _compare(guard, max_new: int, rows: int, width_step: int = 32, sync_every: i
     guard._generate = lambda prompts, stream=None: eng.generate(prompts, max_new)
     guard.last_engine = eng
     guard.cache = {}
+    guard.batch_size = 10_000  # every prompt in one engine call: slots refilled, then the tail compacted
     fast = guard.classify(items)
     assert guard.last_stats["new_tokens"] == plain_tokens
+    assert eng.stats["prompts"] == len(items) * len(guard.p.policies) > rows
+    if compacts:  # answers of different lengths: the tail ran on fewer rows
+        assert eng.stats["compactions"] >= 1 and eng.stats["row_steps"] < eng.stats["steps"] * rows
     for a, b in zip(plain, fast):
         assert a["raw"] == b["raw"]
         assert a["verdicts"] == b["verdicts"]
@@ -83,7 +87,8 @@ def _guard(path, params, max_new, batch=3):
 
 def test_engine_matches_generate_on_budget_stops(tiny, params):
     # a random model never writes a verdict: every row runs to its budget; 3 slots, 48 prompts
-    _compare(_guard(tiny, params, max_new=20), max_new=20, rows=3)
+    # (all finish together: nothing to compact)
+    _compare(_guard(tiny, params, max_new=20), max_new=20, rows=3, compacts=False)
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "matmul"])

@@ -5,12 +5,21 @@ its steps: answers end after 40 to 250 tokens, and plain `generate` keeps decodi
 finished rows until the longest one stops. This engine keeps `rows` slots busy instead:
 - every slot has its own KV cache row and position, so a finished answer's slot is refilled
   with the next prompt (continuous batching) while the others go on decoding;
-- prompts are prefilled in groups (right-padded, causal), then one decoding step for all
-  slots runs as a single CUDA graph per attention width bucket: no per-kernel launch cost,
-  and attention reads only the cache prefix the active slots use;
+- prompts are prefilled in groups (on CUDA packed back to back, else right-padded; causal),
+  then one decoding step for all slots runs as a single CUDA graph per attention width
+  bucket: no per-kernel launch cost, and attention reads only the cache prefix the active
+  slots use;
+- once no prompt waits, the busy slots are moved into the first half of the rows whenever
+  they fit, and steps run on those rows only: the tail of an evaluation (the last, longest
+  answers) no longer pays for thousands of idle rows;
+- on CUDA the layers' pointwise work (norms, rotary, SiLU gating, residuals) runs through
+  torch.compile, self-checked against the eager modules at build
+  (GUARDRSFT_FASTGEN_COMPILE=0 turns it off);
 - the stop rule (`prompts.verdict_complete`, the guard's own) runs on the CPU every
   `sync_every` steps, only on rows that wrote a newline; end of turn and the token budget
-  stop rows on the GPU. A row's text is cut exactly where the plain path would have stopped.
+  stop rows on the GPU. A row's text is cut exactly where the plain path would have stopped;
+  lines without a colon token are not decoded (a verdict line has one), and the answers are
+  decoded in one batch at the end.
 It reuses the model's own modules (projections, norms, MLP, rotary tables), so any merged
 or attached LoRA applies; only attention and the cache are ours. Llama-shaped decoders
 (llama, mistral without sliding window, qwen2) are supported; others use the plain path.
@@ -32,10 +41,10 @@ SUPPORTED = ("llama", "mistral", "qwen2")
 ATTENTION = ("sdpa", "matmul", "varlen", "triton")
 # prefill: "padded" groups through SDPA (any cache layout), or "packed": every prompt's tokens
 # back to back, no padding, one FlashAttention varlen call per layer that writes and reads
-# the slot-major cache (CUDA, varlen/triton attention). "auto" is padded, the path measured in
-# docs/BENCHMARKS.md: packed is tested on the CPU against a reference of the kernel and
-# self-checked on the GPU, but its speed is not measured yet (bench/eval_throughput.py
-# --variants triton:8:packed,triton:8:padded). GUARDRSFT_FASTGEN_PREFILL=packed turns it on.
+# the slot-major cache (CUDA, varlen/triton attention). "auto" is packed where it runs (CUDA,
+# slot-major cache, the build-time self-check passes), else padded: on the H200, 2,048 items x
+# 6 policies, packed prefill took 3.7-3.8 s against padded's 7.0 s in the same run
+# (docs/BENCHMARKS.md). GUARDRSFT_FASTGEN_PREFILL=padded|packed forces one.
 PREFILL = ("auto", "padded", "packed")
 
 # engine settings generate_static uses (bench/eval_throughput.py compares them). attention
@@ -44,6 +53,35 @@ PREFILL = ("auto", "padded", "packed")
 # PyTorch has it, else sdpa; on the CPU sdpa. GUARDRSFT_FASTGEN_ATTENTION=<one of ATTENTION>
 # forces one.
 DEFAULTS = {"attention": "auto", "sync_every": 8, "prefill": "auto"}
+
+
+def _attn_in(layer, x, cos, sin, h: int, hkv: int, d: int):
+    """Tokens x [N, hidden] -> q [N, h, d], k and v [N, hkv, d]: the layer's input norm, its
+    projections and the model's rotary (cos/sin [N, d]). Token-major, the layout of the
+    slot-major cache, varlen and the decoding kernel."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    a = layer.self_attn
+    hn = layer.input_layernorm(x)
+    q, k = a.q_proj(hn).view(-1, h, d), a.k_proj(hn).view(-1, hkv, d)
+    q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
+    return q, k, a.v_proj(hn).view(-1, hkv, d)
+
+
+def _attn_out(layer, x, attn):
+    """The rest of the layer: output projection, residual, post-attention norm, MLP, residual."""
+    x = x + layer.self_attn.o_proj(attn)
+    return x + layer.mlp(layer.post_attention_layernorm(x))
+
+
+def _compiled(fn):
+    """fn through torch.compile (Inductor fuses the norms, rotary, SiLU-gating and residual adds
+    into a few Triton kernels: about 40% of a step's GPU time was those pointwise kernels,
+    bench/engine_profile.py). One graph serves every layer (the modules are its inputs) and
+    every token count (dynamic shapes)."""
+    import torch
+
+    return torch.compile(fn, dynamic=True)
 
 
 def _has_varlen() -> bool:
@@ -120,7 +158,7 @@ class SlotEngine:
 
     def __init__(self, model, tok, rows: int, max_len: int, width_step: int = 128,
                  sync_every: int = 8, graphs: Optional[bool] = None, attention: str = "sdpa",
-                 prefill: str = "auto"):
+                 prefill: str = "auto", compile: Optional[bool] = None):
         import torch
 
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -176,20 +214,25 @@ class SlotEngine:
         self._graphs: dict[int, object] = {}
         self._pool = None
         self._arange_b = torch.arange(B, device=dev)
-        self._cu = None
+        self._cu: dict = {}  # varlen decoding offsets per row count
         self._varlen_opts: Optional[set] = None  # varlen_attn's keyword names, read once
         # tokens whose text holds a newline: the only places a verdict line can complete
         vocab = len(tok)
         self.newline = np.zeros(max(vocab, base.config.vocab_size), dtype=bool)
+        # tokens that may carry a verdict line's colon (or a piece of a multi-byte character,
+        # such as the full-width colon's): a line without one is not decoded by the stop scan
+        self.colon = np.zeros_like(self.newline)
         for i, text in enumerate(tok.batch_decode([[i] for i in range(vocab)])):
             self.newline[i] = "\n" in text
+            self.colon[i] = ":" in text or "\uff1a" in text or "\ufffd" in text
         self.nl_gpu = torch.from_numpy(self.newline).to(dev)
         self.nl_seen = torch.zeros(B, dtype=torch.bool, device=dev)  # wrote a newline since the last scan
+        self._in, self._out = _attn_in, _attn_out  # eager now; compiled below, after the prefill check
         if prefill not in PREFILL:
             raise ValueError(f"prefill must be one of {', '.join(PREFILL)}, got {prefill!r}")
         self.requested_prefill = prefill
         if prefill == "auto":
-            prefill = "padded"
+            prefill = "packed" if self.flat and self.device.type == "cuda" else "padded"
         if prefill == "packed" and not self.flat:
             raise ValueError("prefill='packed' writes the slot-major cache of attention 'varlen' or 'triton'")
         if prefill == "packed" and self.device.type == "cuda":
@@ -199,6 +242,14 @@ class SlotEngine:
                 print(f"[guardrsft] fastgen: packed prefill unavailable ({why}); using padded groups",
                       file=sys.stderr, flush=True)
         self.prefill = prefill
+        # compiled layer pieces: CUDA only (the CPU path stays eager: no compiler needed there)
+        self.compiled = (self.device.type == "cuda") if compile is None else compile
+        if self.compiled:
+            why = self._compile_fails()
+            if why:
+                self.compiled = False
+                print(f"[guardrsft] fastgen: torch.compile unavailable ({why}); running the layers eagerly",
+                      file=sys.stderr, flush=True)
 
     # ------------------------------------------------------------------ model pieces
     def _layer_qkv(self, layer, x, cos, sin):
@@ -212,10 +263,6 @@ class SlotEngine:
         v = a.v_proj(h).view(n, L, self.hkv, self.d).transpose(1, 2)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)  # cos [n, L, D] -> unsqueezed over heads
         return q, k, v
-
-    def _finish_layer(self, layer, x, attn):
-        x = x + layer.self_attn.o_proj(attn)
-        return x + layer.mlp(layer.post_attention_layernorm(x))
 
     def _prefill(self, slots: list[int], prompts: list[list[int]]) -> object:
         """Write the prompts' KV into their slots; returns each prompt's first new token."""
@@ -245,7 +292,7 @@ class SlotEngine:
             # right padding under a causal mask: real tokens never see the pads after them
             kk, vv = (k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)) if g > 1 else (k, v)
             attn = F.scaled_dot_product_attention(q, kk, vv, is_causal=True)
-            x = self._finish_layer(layer, x, attn.transpose(1, 2).reshape(n, L, -1))
+            x = _attn_out(layer, x, attn.transpose(1, 2).reshape(n, L, -1))
         last = x[torch.arange(n, device=self.device), torch.tensor(lens, device=self.device) - 1]
         logits = self.model.lm_head(self.inner.norm(last))
         return logits.argmax(-1)
@@ -257,7 +304,6 @@ class SlotEngine:
         its queries, then the rest of the row with none; slots outside this group have no keys."""
         torch = self.torch
         from torch.nn.attention.varlen import varlen_attn
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
         B, T, dev = self.rows, self.max_len, self.device
         order = sorted(range(len(slots)), key=lambda r: slots[r])
@@ -283,16 +329,13 @@ class SlotEngine:
         x = self.inner.embed_tokens(ids_t)  # [N, hidden]: tokens, not (batch, length)
         cos, sin = self.cos[pos_t], self.sin[pos_t]  # [N, D]; unsqueezed over the heads below
         for i, layer in enumerate(self.inner.layers):
-            a, hn = layer.self_attn, layer.input_layernorm(x)
             # [N, heads, D] straight from the projections: the layout varlen and the cache take
-            q = a.q_proj(hn).view(N, self.h, self.d)
-            k = a.k_proj(hn).view(N, self.hkv, self.d)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
+            q, k, v = self._in(layer, x, cos, sin, self.h, self.hkv, self.d)
             kf, vf = self.k[i].view(B * T, self.hkv, self.d), self.v[i].view(B * T, self.hkv, self.d)
             kf.index_copy_(0, cells_t, k)
-            vf.index_copy_(0, cells_t, a.v_proj(hn).view(N, self.hkv, self.d))
+            vf.index_copy_(0, cells_t, v)
             attn = varlen_attn(q, kf, vf, cq, ck, max_q, T, **extra)
-            x = self._finish_layer(layer, x, attn.reshape(N, self.h * self.d))
+            x = self._out(layer, x, attn.reshape(N, self.h * self.d))
         ends = np.cumsum(sizes) - 1
         last_sorted = x[torch.from_numpy(ends).to(dev)]
         inv = np.empty(len(order), dtype=np.int64)
@@ -318,49 +361,74 @@ class SlotEngine:
                 return "its cache differs from the padded prefill's on a self-check"
         return None
 
-    def _step(self, width: int) -> None:
-        """One decoding step for every slot (inactive slots compute but change nothing)."""
+    def _compile_fails(self) -> Optional[str]:
+        """Compile the two layer pieces now (on 2 and 3 tokens: the dynamic-shape graphs every
+        later call reuses) and compare them with the eager modules; None if they agree."""
+        torch = self.torch
+        fin, fout = _compiled(_attn_in), _compiled(_attn_out)
+        layer, dims = self.inner.layers[0], (self.h, self.hkv, self.d)
+        try:
+            with torch.inference_mode():
+                for n in (2, 3):
+                    x = torch.randn(n, self.inner.embed_tokens.weight.shape[1], device=self.device,
+                                    dtype=self.dtype)
+                    cos, sin = self.cos[:n], self.sin[:n]
+                    got = fin(layer, x, cos, sin, *dims)
+                    ref = _attn_in(layer, x, cos, sin, *dims)
+                    attn = ref[0].reshape(n, -1)
+                    got, ref = got + (fout(layer, x, attn),), ref + (_attn_out(layer, x, attn),)
+                    for a, b in zip(got, ref):
+                        if not torch.allclose(a.float(), b.float(), atol=5e-2, rtol=5e-2):
+                            return "compiled layers differ from the eager ones on a self-check"
+        except Exception as e:  # noqa: BLE001 - any failure means: run eagerly
+            return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        self._in, self._out = fin, fout
+        return None
+
+    def _step(self, width: int, r: int) -> None:
+        """One decoding step for the first r slots (inactive ones compute but change nothing;
+        the engine moves the busy slots below r before it narrows r, see _compact)."""
         torch = self.torch
         F = torch.nn.functional
-        B, g = self.rows, self.h // self.hkv
-        pos = self.pos
-        cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]
-        x = self.inner.embed_tokens(self.cur[:, None])
+        B, g = r, self.h // self.hkv
+        pos, cur, ar = self.pos[:r], self.cur[:r], self._arange_b[:r]
+        cos, sin = self.cos[pos], self.sin[pos]
+        x = self.inner.embed_tokens(cur)  # [B, hidden]: one token per slot
         if not self.flat:  # the token at `pos` sees cache positions 0..pos (varlen: from the lengths)
             mask = (torch.arange(width, device=self.device)[None] <= pos[:, None])[:, None, None, :]
         for i, layer in enumerate(self.inner.layers):
-            q, k, v = self._layer_qkv(layer, x, cos, sin)
+            q, k, v = self._in(layer, x, cos, sin, self.h, self.hkv, self.d)  # [B, heads, D]
+            kr, vr = self.k[i][:r], self.v[i][:r]  # views: the writes below land in the cache
             if self.flat:
-                self.k[i][self._arange_b, pos] = k[:, :, 0]
-                self.v[i][self._arange_b, pos] = v[:, :, 0]
+                kr[ar, pos] = k
+                vr[ar, pos] = v
                 if self.attention == "triton":
-                    attn = decode_attn.decode_attention(q[:, :, 0], self.k[i], self.v[i], pos, self.d ** -0.5)
-                    attn = attn.reshape(B, 1, self.h * self.d)
+                    attn = decode_attn.decode_attention(q, kr, vr, pos, self.d ** -0.5)
                 else:
-                    attn = self._varlen(q, self.k[i], self.v[i], pos)
-                x = self._finish_layer(layer, x, attn)
+                    attn = self._varlen(q, kr, vr, pos)
+                x = self._out(layer, x, attn.reshape(B, self.h * self.d))
                 continue
-            self.k[i][self._arange_b, :, pos] = k[:, :, 0]
-            self.v[i][self._arange_b, :, pos] = v[:, :, 0]
+            kr[ar, :, pos] = k
+            vr[ar, :, pos] = v
             # grouped-query attention without copying the cache: the g query heads that share
             # a KV head become g "query positions" of one head (same keys, same mask)
-            qg, kc, vc = q.reshape(B, self.hkv, g, self.d), self.k[i][:, :, :width], self.v[i][:, :, :width]
+            qg, kc, vc = q.reshape(B, self.hkv, g, self.d), kr[:, :, :width], vr[:, :, :width]
             if self.attention == "sdpa":
                 attn = F.scaled_dot_product_attention(qg, kc, vc, attn_mask=mask)
             else:  # two strided batched GEMMs: reads each cache row once, no kernel-choice surprises
                 scores = torch.matmul(qg, kc.transpose(-1, -2)).float() * self.d ** -0.5
                 scores = scores.masked_fill(~mask, float("-inf"))
                 attn = torch.matmul(scores.softmax(-1).to(vc.dtype), vc)
-            x = self._finish_layer(layer, x, attn.reshape(B, 1, self.h * self.d))
-        nxt = self.model.lm_head(self.inner.norm(x[:, 0])).argmax(-1)
-        act = self.active
-        col = self.n_gen.clamp(max=self.out.shape[1] - 1)
-        self.out[self._arange_b, col] = torch.where(act, nxt, self.out[self._arange_b, col])
-        self.nl_seen |= act & self.nl_gpu[nxt]
-        self.n_gen += act
-        self.pos += act
-        self.cur.copy_(torch.where(act, nxt, self.cur))
-        self.active &= ~(nxt[:, None] == self.eos[None]).any(-1) & (self.n_gen < self.max_new)
+            x = self._out(layer, x, attn.reshape(B, self.h * self.d))
+        nxt = self.model.lm_head(self.inner.norm(x)).argmax(-1)
+        act, n_gen, out = self.active[:r], self.n_gen[:r], self.out[:r]
+        col = n_gen.clamp(max=out.shape[1] - 1)
+        out[ar, col] = torch.where(act, nxt, out[ar, col])
+        self.nl_seen[:r] |= act & self.nl_gpu[nxt]
+        n_gen += act
+        pos += act
+        cur.copy_(torch.where(act, nxt, cur))
+        act &= ~(nxt[:, None] == self.eos[None]).any(-1) & (n_gen < self.max_new)
 
     def _varlen_kwargs(self, causal: bool) -> dict:
         """varlen_attn's keywords on this PyTorch: the scale, and either every key of a sequence
@@ -382,25 +450,27 @@ class SlotEngine:
         import torch
         from torch.nn.attention.varlen import varlen_attn
 
-        B, T, g = self.rows, self.max_len, self.h // self.hkv
-        if self._cu is None:
-            self._cu_q = torch.arange(2 * B + 1, device=self.device, dtype=torch.int32).add(1).div(
+        B, T, g = len(pos), self.max_len, self.h // self.hkv
+        if B not in self._cu:  # static offsets per row count (a captured graph reads them)
+            cu_q = torch.arange(2 * B + 1, device=self.device, dtype=torch.int32).add(1).div(
                 2, rounding_mode="floor").mul(g).to(torch.int32)  # 0, g, g, 2g, 2g, ... Bg
-            self._cu = torch.zeros(2 * B + 1, device=self.device, dtype=torch.int32)
-            self._cu[0::2] = torch.arange(B + 1, device=self.device, dtype=torch.int32) * T
-        self._cu[1::2] = (self._arange_b * T + pos + 1).to(torch.int32)
+            cu_k = torch.zeros(2 * B + 1, device=self.device, dtype=torch.int32)
+            cu_k[0::2] = torch.arange(B + 1, device=self.device, dtype=torch.int32) * T
+            self._cu[B] = (cu_q, cu_k)
+        cu_q, cu_k = self._cu[B]
+        cu_k[1::2] = (self._arange_b[:B] * T + pos + 1).to(torch.int32)
         qp = q.reshape(B, self.hkv, g, self.d).transpose(1, 2).reshape(B * g, self.hkv, self.d)
         out = varlen_attn(qp, kc.view(B * T, self.hkv, self.d), vc.view(B * T, self.hkv, self.d),
-                          self._cu_q, self._cu, g, T, **self._varlen_kwargs(causal=False))
+                          cu_q, cu_k, g, T, **self._varlen_kwargs(causal=False))
         return out.view(B, g, self.hkv, self.d).transpose(1, 2).reshape(B, 1, self.h * self.d)
 
-    def _run_step(self, width: int) -> None:
+    def _run_step(self, width: int, r: int) -> None:
         torch = self.torch
         if not self.graphs:
             with torch.inference_mode():
-                self._step(width)
+                self._step(width, r)
             return
-        graph = self._graphs.get(width)
+        graph = self._graphs.get((width, r))
         if graph is None:
             # warm up on a side stream (cuBLAS/SDPA workspaces), then capture; the warm-up
             # step's effects are undone by saving and restoring the state it changes
@@ -409,15 +479,15 @@ class SlotEngine:
             s = torch.cuda.Stream()
             s.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(s), torch.inference_mode():
-                self._step(width)
+                self._step(width, r)
             torch.cuda.current_stream().wait_stream(s)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._pool), torch.inference_mode():
-                self._step(width)
+                self._step(width, r)
             self._pool = graph.pool()
             for t, v in zip(state, saved):
                 t.copy_(v)
-            self._graphs[width] = graph
+            self._graphs[(width, r)] = graph
         graph.replay()
 
     # ------------------------------------------------------------------ driver
@@ -429,7 +499,7 @@ class SlotEngine:
         longest = max(len(p) for p in prompts)
         if longest + max_new_tokens > self.max_len:
             raise ValueError(f"prompt of {longest} tokens + {max_new_tokens} new exceeds the engine's {self.max_len}")
-        B = self.rows
+        B = r = self.rows  # r: the slots decoded now (the first r; fewer once the queue is empty)
         if self.out is None or self.out.shape[1] != max_new_tokens:
             self.out = torch.zeros((B, max_new_tokens), dtype=torch.long, device=self.device)
             self._graphs.clear()  # graphs captured the old buffer
@@ -438,9 +508,9 @@ class SlotEngine:
         self.n_gen.zero_()
         self.pos.zero_()
         st = {"prompts": len(prompts), "prefill_s": 0.0, "decode_s": 0.0, "host_s": 0.0, "steps": 0,
-              "slot_steps": 0, "prefill_calls": 0}
+              "slot_steps": 0, "row_steps": 0, "prefill_calls": 0, "compactions": 0}
         t_start = time.perf_counter()
-        texts: list[Optional[str]] = [None] * len(prompts)
+        done: list[Optional[list[int]]] = [None] * len(prompts)  # token ids, decoded at the end in one call
         counts = [0] * len(prompts)
         slot_of: list[Optional[int]] = [None] * B  # prompt index in each slot
         checked = np.zeros(B, dtype=np.int64)  # tokens already scanned for the stop rule
@@ -450,7 +520,7 @@ class SlotEngine:
 
         def finish(b: int, toks: list[int]) -> None:
             j = slot_of[b]
-            texts[j] = self.tok.decode(toks, skip_special_tokens=True)
+            done[j] = toks
             counts[j] = len(toks)
             slot_of[b] = None
 
@@ -485,7 +555,7 @@ class SlotEngine:
             width = min(self.max_len, _round_up(int(host_pos.max()) + self.sync_every + 1, self.width_step))
             t0 = time.perf_counter()
             for _ in range(self.sync_every):
-                self._run_step(width)
+                self._run_step(width, r)
             # small per-slot state only; the token rows come over just for the slots to look at
             n_gen = self.n_gen.cpu().numpy()  # waits for the steps
             active = self.active.cpu().numpy()
@@ -494,6 +564,7 @@ class SlotEngine:
             t1 = time.perf_counter()
             st["decode_s"] += t1 - t0
             st["steps"] += self.sync_every
+            st["row_steps"] += self.sync_every * r
             st["slot_steps"] += self.sync_every * sum(s is not None for s in slot_of)
             # rows that wrote a newline since the last scan (the only ones whose verdict line can
             # have completed; flagged on the GPU) and rows the GPU stopped
@@ -501,9 +572,9 @@ class SlotEngine:
             self.nl_seen.zero_()
             rows = self.out[torch.tensor(look, device=self.device)].cpu().numpy() if look else None
             stop_now = []
-            for r, b in enumerate(look):
+            for i, b in enumerate(look):
                 n = int(n_gen[b])
-                row = rows[r, :n]
+                row = rows[i, :n]
                 cut = None
                 for t in (checked[b] + np.nonzero(self.newline[row[checked[b]:]])[0]).tolist():
                     if self._completes(row, t):
@@ -521,11 +592,52 @@ class SlotEngine:
             if stop_now:
                 self.active[torch.tensor(stop_now, device=self.device)] = False
             host_pos[[b for b in range(B) if slot_of[b] is None]] = 0
+            busy = sum(s is not None for s in slot_of)
+            if queue >= len(prompts) and busy:  # the tail: decode only as many rows as are busy
+                r_new = self._narrower(r, busy)
+                if r_new < r:
+                    self._compact(r_new, slot_of, checked, host_pos)
+                    r = r_new
+                    st["compactions"] += 1
             st["host_s"] += time.perf_counter() - t1
+        texts = self.tok.batch_decode([t or [] for t in done], skip_special_tokens=True)
         st["seconds"] = time.perf_counter() - t_start
         self.stats = {k: round(v, 3) if isinstance(v, float) else v for k, v in st.items()}
-        self.stats["slot_occupancy"] = round(st["slot_steps"] / max(st["steps"] * B, 1), 3)
-        return [t or "" for t in texts], counts
+        # busy slots over the rows the steps computed
+        self.stats["slot_occupancy"] = round(st["slot_steps"] / max(st["row_steps"], 1), 3)
+        return texts, counts
+
+    def _narrower(self, r: int, busy: int) -> int:
+        """The row count for `busy` slots: r halved while they fit (at least rows/32 rows, so
+        that a long tail does not capture a graph for every small count)."""
+        floor = max(1, self.rows // 32)
+        while r // 2 >= max(busy, floor):
+            r //= 2
+        return r
+
+    def _compact(self, r: int, slot_of: list, checked, host_pos) -> None:
+        """Move the busy slots at r or above into free slots below r (cache rows up to each
+        slot's length, decoding state, host bookkeeping), so that steps over the first r rows
+        decode every busy slot. Only in the tail, when no prompt waits for a slot."""
+        torch = self.torch
+        src = [b for b in range(r, self.rows) if slot_of[b] is not None]
+        dst = [b for b in range(r) if slot_of[b] is None][:len(src)]
+        if src:
+            s_t, d_t = torch.tensor(src, device=self.device), torch.tensor(dst, device=self.device)
+            n = int(host_pos[src].max()) + 1  # cache cells written so far (pos, plus the next one)
+            with torch.inference_mode():
+                for kv in (self.k, self.v):
+                    for c in kv:
+                        if self.flat:
+                            c[d_t, :n] = c[s_t, :n]
+                        else:
+                            c[d_t, :, :n] = c[s_t, :, :n]
+                for t in (self.cur, self.pos, self.n_gen, self.active, self.out, self.nl_seen):
+                    t[d_t] = t[s_t]
+                self.active[s_t] = False
+        for a, b in zip(src, dst):
+            slot_of[b], slot_of[a] = slot_of[a], None
+            checked[b], host_pos[b], host_pos[a] = checked[a], host_pos[a], 0
 
     def _completes(self, row, t: int) -> bool:
         """Does the newline in token t complete a verdict line? Lines before it ended at earlier
@@ -534,6 +646,8 @@ class SlotEngine:
         whole text at a fraction of the decoding."""
         prev = np.nonzero(self.newline[row[:t]])[0]
         start = int(prev[-1]) if len(prev) else 0
+        if not self.colon[row[start:t + 1]].any():  # no colon, no verdict line: skip the decoding
+            return False
         text = self.tok.decode(row[start:t + 1].tolist(), skip_special_tokens=True)
         if len(prev):
             head = self.tok.decode(row[start:start + 1].tolist(), skip_special_tokens=True)
@@ -578,8 +692,9 @@ def generate_static(model, tok, prompts: list[list[int]], max_new_tokens: int, r
     eng = getattr(model, "_guardrsft_engine", None)
     attention = resolve_attention(DEFAULTS["attention"], model.device.type)
     prefill = os.environ.get("GUARDRSFT_FASTGEN_PREFILL") or DEFAULTS["prefill"]
+    compile_ = None if os.environ.get("GUARDRSFT_FASTGEN_COMPILE", "1") != "0" else False
     if (eng is None or eng.rows != rows or eng.max_len < need or eng.requested != attention
-            or eng.requested_prefill != prefill):
+            or eng.requested_prefill != prefill or (compile_ is False and eng.compiled)):
         if eng is not None:
             model._guardrsft_engine = eng = None
             import torch
@@ -587,7 +702,7 @@ def generate_static(model, tok, prompts: list[list[int]], max_new_tokens: int, r
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         eng = SlotEngine(model, tok, rows=rows, max_len=max(need, 512), width_step=width_step,
-                         sync_every=DEFAULTS["sync_every"], attention=attention, prefill=prefill)
+                         sync_every=DEFAULTS["sync_every"], attention=attention, prefill=prefill, compile=compile_)
         model._guardrsft_engine = eng
     eng.sync_every = DEFAULTS["sync_every"]
     return eng.generate(prompts, max_new_tokens)

@@ -17,14 +17,15 @@ CONTENTS = ["How do I bake bread?", "I will hurt you tomorrow at school.", "you 
 
 
 def _compare(guard, max_new: int, rows: int, width_step: int = 32, sync_every: int = 3, attention: str = "sdpa",
-             contents: list = CONTENTS, prefill: str = "auto", compacts: bool = True):
+             contents: list = CONTENTS, prefill: str = "auto", compacts: bool = True, rope=None):
     from guardrsft.fastgen import SlotEngine
 
     items = [{"content": c} for c in contents]
     plain = guard.classify(items)
     plain_tokens = guard.last_stats["new_tokens"]
     eng = SlotEngine(guard.model, guard.tok, rows=rows, max_len=1000, width_step=width_step,
-                     sync_every=sync_every, attention=attention, prefill=prefill)
+                     sync_every=sync_every, attention=attention, prefill=prefill, rope=rope)
+    assert eng.rope_kernel is bool(rope)
     assert eng.prefill == ("padded" if prefill == "auto" else prefill)
     guard._generate = lambda prompts, stream=None: eng.generate(prompts, max_new)
     guard.last_engine = eng
@@ -217,11 +218,38 @@ def test_decode_kernel_matches_attention_per_slot(interpreted_triton, dtype, D):
     assert torch.equal(interpreted_triton.decode_attention(q, k, v, pos, D ** -0.5, block_n=16)[0], out[0])
 
 
+@pytest.mark.parametrize("dtype,heads,D", [("float32", 9, 64), ("bfloat16", 3, 64), ("float32", 1, 8)])
+def test_rotary_kernel_matches_the_models_rotary(interpreted_triton, dtype, heads, D):
+    """decode_attn.rotary against transformers' apply_rotary_pos_emb, on strided heads (a view
+    of a wider projection, as the engine's q/k are) and the model's own cos/sin table."""
+    import torch
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    torch.manual_seed(0)
+    dt = getattr(torch, dtype)
+    N = 7
+    wide = torch.randn(N, heads + 2, D).to(dt)
+    x = wide[:, 1:heads + 1]  # strided: the kernel reads its own row and head strides
+    inv = 1.0 / (10000 ** (torch.arange(0, D, 2).float() / D))
+    freqs = torch.arange(300).float()[:, None] * inv[None]
+    emb = torch.cat([freqs, freqs], -1)
+    pos = torch.tensor([0, 1, 5, 64, 128, 200, 299])
+    cos, sin = emb.cos()[pos].to(dt), emb.sin()[pos].to(dt)
+    ref = apply_rotary_pos_emb(x.float(), x.float(), cos.float(), sin.float(), unsqueeze_dim=1)[0]
+    got = interpreted_triton.rotary(x, cos, sin)
+    assert got.shape == (N, heads, D) and got.dtype == dt
+    tol = 1e-2 if dtype == "bfloat16" else 1e-5  # bf16: the output's own rounding
+    assert torch.allclose(got.float(), ref, atol=tol, rtol=tol)
+    with pytest.raises(ValueError, match="head_dim"):
+        interpreted_triton.rotary(torch.randn(2, 1, 80), cos[:2, :80], sin[:2, :80])
+
+
 def test_triton_attention_matches_generate(verdict_model, params, interpreted_triton):
     # two contents (a SAFE answer ending the turn, an UNSAFE one cut at its verdict line), 12
     # prompts through 4 slots: the interpreter runs each kernel program in Python
+    # (the Triton rotary too: every query and key of prefill and decoding goes through it)
     g = _guard(verdict_model, params, max_new=60)
-    plain = _compare(g, max_new=60, rows=4, sync_every=5, attention="triton", contents=CONTENTS[:2])
+    plain = _compare(g, max_new=60, rows=4, sync_every=5, attention="triton", contents=CONTENTS[:2], rope=True)
     assert g.last_engine.attention == "triton"  # the kernel ran (no fallback for this shape)
     assert {"SAFE", "UNSAFE"} <= {v for r in plain for v in r["verdicts"].values()}
 

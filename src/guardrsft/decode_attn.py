@@ -1,4 +1,4 @@
-"""A Triton kernel for the slot engine's decoding attention (one new token per slot).
+"""Triton kernels for the slot engine: decoding attention (one new token per slot), and rotary.
 
 Why: on the H200 profile of a 135M guard at 1,024 slots (bench/engine_profile.py), PyTorch's
 FlashAttention varlen kernel took 54% of a decoding step. It tiles queries in blocks of 128
@@ -97,4 +97,39 @@ def decode_attention(q, k, v, pos, scale: float, block_n: int = 64):
                            k.stride(2), out.stride(0), out.stride(1), T, G=g, G_PAD=16, D=D,
                            D_PAD=max(16, 1 << (D - 1).bit_length()), BLOCK_N=block_n, FULL_LOOP=interpret,
                            num_warps=4)
+    return out
+
+
+if triton is not None:
+    @triton.jit
+    def _rotary(X, COS, SIN, O, n_heads, s_xn, s_xh, s_on, s_oh, s_cn, HALF: tl.constexpr, H_PAD: tl.constexpr):
+        n = tl.program_id(0)
+        rh = tl.arange(0, H_PAD)
+        rd = tl.arange(0, HALF)
+        m = (rh < n_heads)[:, None] & (rd < HALF)[None, :]
+        c = tl.load(COS + n * s_cn + rd).to(tl.float32)[None, :]  # the first half: llama's halves are equal
+        s = tl.load(SIN + n * s_cn + rd).to(tl.float32)[None, :]
+        xb = X + n * s_xn + rh[:, None] * s_xh + rd[None, :]
+        x1 = tl.load(xb, mask=m, other=0.0).to(tl.float32)
+        x2 = tl.load(xb + HALF, mask=m, other=0.0).to(tl.float32)
+        ob = O + n * s_on + rh[:, None] * s_oh + rd[None, :]
+        tl.store(ob, (x1 * c - x2 * s).to(O.dtype.element_ty), mask=m)
+        tl.store(ob + HALF, (x2 * c + x1 * s).to(O.dtype.element_ty), mask=m)
+
+
+def rotary(x, cos, sin):
+    """transformers' llama rotary (x * cos + rotate_half(x) * sin) for tokens x [N, heads, D]
+    with cos/sin [N, D] whose two halves are equal, in one program per token (fp32 math).
+    Why: on the H200 the compiled (Inductor) rotary of a 65k-token packed prefill took 19 of
+    its 54 ms of compiled work, about 10x the memory traffic's time."""
+    import torch
+
+    N, H, D = x.shape
+    if D % 2 or (D // 2) & (D // 2 - 1):
+        raise ValueError(f"rotary takes a head_dim of twice a power of two, got {D}")
+    assert x.stride(2) == 1 and cos.stride(1) == 1 and cos.stride() == sin.stride()
+    out = torch.empty((N, H, D), dtype=x.dtype, device=x.device)
+    if N:
+        _rotary[(N,)](x, cos, sin, out, H, x.stride(0), x.stride(1), out.stride(0), out.stride(1), cos.stride(0),
+                      HALF=D // 2, H_PAD=max(2, 1 << (H - 1).bit_length()), num_warps=1)
     return out

@@ -55,16 +55,17 @@ PREFILL = ("auto", "padded", "packed")
 DEFAULTS = {"attention": "auto", "sync_every": 8, "prefill": "auto"}
 
 
-def _attn_in(layer, x, cos, sin, h: int, hkv: int, d: int):
+def _attn_in(layer, x, cos, sin, h: int, hkv: int, d: int, rope: bool = True):
     """Tokens x [N, hidden] -> q [N, h, d], k and v [N, hkv, d]: the layer's input norm, its
-    projections and the model's rotary (cos/sin [N, d]). Token-major, the layout of the
+    projections and (rope) the model's rotary (cos/sin [N, d]). Token-major, the layout of the
     slot-major cache, varlen and the decoding kernel."""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     a = layer.self_attn
     hn = layer.input_layernorm(x)
     q, k = a.q_proj(hn).view(-1, h, d), a.k_proj(hn).view(-1, hkv, d)
-    q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
+    if rope:
+        q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
     return q, k, a.v_proj(hn).view(-1, hkv, d)
 
 
@@ -158,7 +159,7 @@ class SlotEngine:
 
     def __init__(self, model, tok, rows: int, max_len: int, width_step: int = 128,
                  sync_every: int = 8, graphs: Optional[bool] = None, attention: str = "sdpa",
-                 prefill: str = "auto", compile: Optional[bool] = None):
+                 prefill: str = "auto", compile: Optional[bool] = None, rope: Optional[bool] = None):
         import torch
 
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -242,6 +243,14 @@ class SlotEngine:
                 print(f"[guardrsft] fastgen: packed prefill unavailable ({why}); using padded groups",
                       file=sys.stderr, flush=True)
         self.prefill = prefill
+        # rotary through guardrsft.decode_attn.rotary (CUDA with Triton by default), self-checked
+        self.rope_kernel = (self.device.type == "cuda" and decode_attn.available() is None) if rope is None else rope
+        if self.rope_kernel:
+            why = self._rope_fails()
+            if why:
+                self.rope_kernel = False
+                print(f"[guardrsft] fastgen: Triton rotary unavailable ({why}); using the model's",
+                      file=sys.stderr, flush=True)
         # compiled layer pieces: CUDA only (the CPU path stays eager: no compiler needed there)
         self.compiled = (self.device.type == "cuda") if compile is None else compile
         if self.compiled:
@@ -330,7 +339,7 @@ class SlotEngine:
         cos, sin = self.cos[pos_t], self.sin[pos_t]  # [N, D]; unsqueezed over the heads below
         for i, layer in enumerate(self.inner.layers):
             # [N, heads, D] straight from the projections: the layout varlen and the cache take
-            q, k, v = self._in(layer, x, cos, sin, self.h, self.hkv, self.d)
+            q, k, v = self._qkv(layer, x, cos, sin)
             kf, vf = self.k[i].view(B * T, self.hkv, self.d), self.v[i].view(B * T, self.hkv, self.d)
             kf.index_copy_(0, cells_t, k)
             vf.index_copy_(0, cells_t, v)
@@ -361,6 +370,35 @@ class SlotEngine:
                 return "its cache differs from the padded prefill's on a self-check"
         return None
 
+    def _qkv(self, layer, x, cos, sin):
+        """q [N, h, d], k and v [N, hkv, d] of tokens x [N, hidden] at positions cos/sin [N, d]."""
+        if self.rope_kernel:
+            q, k, v = self._in(layer, x, cos, sin, self.h, self.hkv, self.d, False)
+            return decode_attn.rotary(q, cos, sin), decode_attn.rotary(k, cos, sin), v
+        return self._in(layer, x, cos, sin, self.h, self.hkv, self.d, True)
+
+    def _rope_fails(self) -> Optional[str]:
+        """None if the Triton rotary gives the model's rotary here (llama's equal cos/sin halves,
+        a head_dim the kernel takes, the same numbers on random heads), else why not."""
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        torch, half = self.torch, self.d // 2
+        if not (torch.equal(self.cos[:, :half], self.cos[:, half:]) and torch.equal(self.sin[:, :half],
+                                                                                    self.sin[:, half:])):
+            return "this model's rotary halves differ"
+        try:
+            g = torch.Generator(device="cpu").manual_seed(0)
+            x = torch.randn(5, self.h, self.d, generator=g).to(device=self.device, dtype=self.dtype)
+            cos, sin = self.cos[[0, 1, 7, 100 % self.max_len, self.max_len - 1]], \
+                self.sin[[0, 1, 7, 100 % self.max_len, self.max_len - 1]]
+            ref = apply_rotary_pos_emb(x, x, cos, sin, unsqueeze_dim=1)[0]
+            got = decode_attn.rotary(x, cos, sin)
+        except Exception as e:  # noqa: BLE001 - any failure means: use the model's rotary
+            return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        if not torch.allclose(got.float(), ref.float(), atol=3e-2, rtol=3e-2):
+            return "its output differs from the model's rotary on a self-check"
+        return None
+
     def _compile_fails(self) -> Optional[str]:
         """Compile the two layer pieces now (on 2 and 3 tokens: the dynamic-shape graphs every
         later call reuses) and compare them with the eager modules; None if they agree."""
@@ -373,8 +411,8 @@ class SlotEngine:
                     x = torch.randn(n, self.inner.embed_tokens.weight.shape[1], device=self.device,
                                     dtype=self.dtype)
                     cos, sin = self.cos[:n], self.sin[:n]
-                    got = fin(layer, x, cos, sin, *dims)
-                    ref = _attn_in(layer, x, cos, sin, *dims)
+                    got = fin(layer, x, cos, sin, *dims, not self.rope_kernel)
+                    ref = _attn_in(layer, x, cos, sin, *dims, not self.rope_kernel)
                     attn = ref[0].reshape(n, -1)
                     got, ref = got + (fout(layer, x, attn),), ref + (_attn_out(layer, x, attn),)
                     for a, b in zip(got, ref):
@@ -397,7 +435,7 @@ class SlotEngine:
         if not self.flat:  # the token at `pos` sees cache positions 0..pos (varlen: from the lengths)
             mask = (torch.arange(width, device=self.device)[None] <= pos[:, None])[:, None, None, :]
         for i, layer in enumerate(self.inner.layers):
-            q, k, v = self._in(layer, x, cos, sin, self.h, self.hkv, self.d)  # [B, heads, D]
+            q, k, v = self._qkv(layer, x, cos, sin)  # [B, heads, D]
             kr, vr = self.k[i][:r], self.v[i][:r]  # views: the writes below land in the cache
             if self.flat:
                 kr[ar, pos] = k

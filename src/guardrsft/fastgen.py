@@ -229,6 +229,7 @@ class SlotEngine:
         self.nl_gpu = torch.from_numpy(self.newline).to(dev)
         self.nl_seen = torch.zeros(B, dtype=torch.bool, device=dev)  # wrote a newline since the last scan
         self._in, self._out = _attn_in, _attn_out  # eager now; compiled below, after the prefill check
+        self.rope_kernel = False  # the model's rotary for the prefill check; the kernel is decided below
         if prefill not in PREFILL:
             raise ValueError(f"prefill must be one of {', '.join(PREFILL)}, got {prefill!r}")
         self.requested_prefill = prefill

@@ -12,9 +12,10 @@ finished rows until the longest one stops. This engine keeps `rows` slots busy i
 - once no prompt waits, the busy slots are moved into the first half of the rows whenever
   they fit, and steps run on those rows only: the tail of an evaluation (the last, longest
   answers) no longer pays for thousands of idle rows;
-- on CUDA the layers' pointwise work (norms, rotary, SiLU gating, residuals) runs through
-  torch.compile, self-checked against the eager modules at build
-  (GUARDRSFT_FASTGEN_COMPILE=0 turns it off);
+- on CUDA the layers' pointwise work (norms, SiLU gating, residuals) runs through
+  torch.compile and their rotary through a Triton kernel (decode_attn.rotary), both
+  self-checked against the eager modules at build (GUARDRSFT_FASTGEN_COMPILE=0 turns
+  compiling off);
 - the stop rule (`prompts.verdict_complete`, the guard's own) runs on the CPU every
   `sync_every` steps, only on rows that wrote a newline; end of turn and the token budget
   stop rows on the GPU. A row's text is cut exactly where the plain path would have stopped;
@@ -76,10 +77,10 @@ def _attn_out(layer, x, attn):
 
 
 def _compiled(fn):
-    """fn through torch.compile (Inductor fuses the norms, rotary, SiLU-gating and residual adds
-    into a few Triton kernels: about 40% of a step's GPU time was those pointwise kernels,
-    bench/engine_profile.py). One graph serves every layer (the modules are its inputs) and
-    every token count (dynamic shapes)."""
+    """fn through torch.compile (Inductor fuses the norms, SiLU gating and residual adds into a
+    few Triton kernels: about 40% of a step's GPU time was those pointwise kernels,
+    bench/engine_profile.py; its rotary was slow, so decode_attn.rotary does that). One graph
+    serves every layer (the modules are its inputs) and every token count (dynamic shapes)."""
     import torch
 
     return torch.compile(fn, dynamic=True)

@@ -86,6 +86,18 @@ def _compiled(fn):
     return torch.compile(fn, dynamic=True)
 
 
+def _reason(e: Exception) -> str:
+    """A self-check's failure in one line: the exception's type and the first line of its text."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+
+def _usable(why: Optional[str], what: str, instead: str) -> bool:
+    """True if a self-check found nothing (why is None); else say what is off and what runs instead."""
+    if why:
+        print(f"[guardrsft] fastgen: {what} unavailable ({why}); {instead}", file=sys.stderr, flush=True)
+    return not why
+
+
 def _has_varlen() -> bool:
     try:
         from torch.nn.attention.varlen import varlen_attn  # noqa: F401
@@ -119,7 +131,7 @@ def _triton_fails(device, dtype, h: int, hkv: int, d: int) -> Optional[str]:
     try:
         got = decode_attn.decode_attention(q, k, v, pos, d ** -0.5)
     except Exception as e:  # noqa: BLE001 - any failure means: use another attention path
-        return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        return _reason(e)
     for b in range(3):
         n = int(pos[b]) + 1
         kk, vv = (t[b, :n].float().transpose(0, 1).repeat_interleave(h // hkv, 0) for t in (k, v))
@@ -181,10 +193,9 @@ class SlotEngine:
         if attention == "triton":
             why = ("more than 16 query heads per KV head" if self.h // self.hkv > 16
                    else _triton_fails(self.device, base.dtype, self.h, self.hkv, self.d))
-            if why:  # a shape the kernel does not take, or a GPU/toolchain where it does not run
+            # a shape the kernel does not take, or a GPU/toolchain where it does not run
+            if not _usable(why, "Triton decoding attention", f"using {_without_triton(self.device.type)}"):
                 attention = _without_triton(self.device.type)
-                print(f"[guardrsft] fastgen: Triton decoding attention unavailable ({why}); using {attention}",
-                      file=sys.stderr, flush=True)
         self.attention = attention
         self.dtype = self.inner.embed_tokens.weight.dtype
         self.graphs = (self.device.type == "cuda") if graphs is None else graphs
@@ -238,29 +249,16 @@ class SlotEngine:
             prefill = "packed" if self.flat and self.device.type == "cuda" else "padded"
         if prefill == "packed" and not self.flat:
             raise ValueError("prefill='packed' writes the slot-major cache of attention 'varlen' or 'triton'")
-        if prefill == "packed" and self.device.type == "cuda":
-            why = self._packed_fails()
-            if why:
-                prefill = "padded"
-                print(f"[guardrsft] fastgen: packed prefill unavailable ({why}); using padded groups",
-                      file=sys.stderr, flush=True)
+        if (prefill == "packed" and self.device.type == "cuda"
+                and not _usable(self._packed_fails(), "packed prefill", "using padded groups")):
+            prefill = "padded"
         self.prefill = prefill
         # rotary through guardrsft.decode_attn.rotary (CUDA with Triton by default), self-checked
-        self.rope_kernel = (self.device.type == "cuda" and decode_attn.available() is None) if rope is None else rope
-        if self.rope_kernel:
-            why = self._rope_fails()
-            if why:
-                self.rope_kernel = False
-                print(f"[guardrsft] fastgen: Triton rotary unavailable ({why}); using the model's",
-                      file=sys.stderr, flush=True)
+        want = (self.device.type == "cuda" and decode_attn.available() is None) if rope is None else rope
+        self.rope_kernel = want and _usable(self._rope_fails(), "Triton rotary", "using the model's")
         # compiled layer pieces: CUDA only (the CPU path stays eager: no compiler needed there)
-        self.compiled = (self.device.type == "cuda") if compile is None else compile
-        if self.compiled:
-            why = self._compile_fails()
-            if why:
-                self.compiled = False
-                print(f"[guardrsft] fastgen: torch.compile unavailable ({why}); running the layers eagerly",
-                      file=sys.stderr, flush=True)
+        want = (self.device.type == "cuda") if compile is None else compile
+        self.compiled = want and _usable(self._compile_fails(), "torch.compile", "running the layers eagerly")
 
     # ------------------------------------------------------------------ model pieces
     def _layer_qkv(self, layer, x, cos, sin):
@@ -366,7 +364,7 @@ class SlotEngine:
                 ref = [self.k[-1][b, :len(p)].float().clone() for b, p in enumerate(prompts)]
                 self._prefill_packed([1, 0], prompts[::-1])
         except Exception as e:  # noqa: BLE001 - any failure means: use padded groups
-            return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            return _reason(e)
         for b, p in enumerate(prompts):
             if not torch.allclose(self.k[-1][b, :len(p)].float(), ref[b], atol=5e-2, rtol=5e-2):
                 return "its cache differs from the padded prefill's on a self-check"
@@ -391,12 +389,12 @@ class SlotEngine:
         try:
             g = torch.Generator(device="cpu").manual_seed(0)
             x = torch.randn(5, self.h, self.d, generator=g).to(device=self.device, dtype=self.dtype)
-            cos, sin = self.cos[[0, 1, 7, 100 % self.max_len, self.max_len - 1]], \
-                self.sin[[0, 1, 7, 100 % self.max_len, self.max_len - 1]]
+            at = [0, 1, 7, min(100, self.max_len - 1), self.max_len - 1]
+            cos, sin = self.cos[at], self.sin[at]
             ref = apply_rotary_pos_emb(x, x, cos, sin, unsqueeze_dim=1)[0]
             got = decode_attn.rotary(x, cos, sin)
         except Exception as e:  # noqa: BLE001 - any failure means: use the model's rotary
-            return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            return _reason(e)
         if not torch.allclose(got.float(), ref.float(), atol=3e-2, rtol=3e-2):
             return "its output differs from the model's rotary on a self-check"
         return None
@@ -421,7 +419,7 @@ class SlotEngine:
                         if not torch.allclose(a.float(), b.float(), atol=5e-2, rtol=5e-2):
                             return "compiled layers differ from the eager ones on a self-check"
         except Exception as e:  # noqa: BLE001 - any failure means: run eagerly
-            return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            return _reason(e)
         self._in, self._out = fin, fout
         return None
 

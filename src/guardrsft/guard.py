@@ -130,9 +130,7 @@ class Guard:
             return self.tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False)
         # content carrying chat markup (`<|im_end|>` ...) must stay text, or it could close the
         # user turn and write a fake assistant answer: tokenize the content part literally
-        shell = self.tok.apply_chat_template(messages(self.p.prompt, policy, self.p.policies[policy], SENTINEL),
-                                             add_generation_prompt=True, tokenize=False)
-        head, tail = shell.split(SENTINEL)
+        head, tail = self._shell_parts(policy)
         enc = lambda s, **kw: self.tok(s, add_special_tokens=False, **kw)["input_ids"]  # noqa: E731
         return enc(head) + enc(text, split_special_tokens=True) + enc(tail)
 
@@ -159,8 +157,7 @@ class Guard:
         rendered = []
         for text, q in (pairs[i] for i in plain):
             shell = self._shell(q)
-            rendered.append(shell[0] + text + shell[1] if shell else self.tok.apply_chat_template(
-                messages(self.p.prompt, q, self.p.policies[q], text), add_generation_prompt=True, tokenize=False))
+            rendered.append(shell[0] + text + shell[1] if shell else self._render(q, text))
         if rendered:
             # the Rust tokenizer's own batch call: the same ids as the wrapper's __call__, without
             # its per-prompt conversion to Python dicts (a third of this function's time)
@@ -183,14 +180,19 @@ class Guard:
         renders differently). Splicing content between them replaces one template rendering
         per prompt (a third of the host time of a 12,288-prompt evaluation) with a string join."""
         if policy not in self._shells:
-            render = lambda c: self.tok.apply_chat_template(  # noqa: E731
-                messages(self.p.prompt, policy, self.p.policies[policy], c), add_generation_prompt=True,
-                tokenize=False)
-            parts = render(SENTINEL).split(SENTINEL)
+            parts = self._shell_parts(policy)
             probe = " \n probe {policy} {content}\t\n"
-            ok = len(parts) == 2 and render(probe) == parts[0] + probe + parts[1]
+            ok = len(parts) == 2 and self._render(policy, probe) == parts[0] + probe + parts[1]
             self._shells[policy] = (parts[0], parts[1]) if ok else None
         return self._shells[policy]
+
+    def _render(self, policy: str, content: str) -> str:
+        return self.tok.apply_chat_template(messages(self.p.prompt, policy, self.p.policies[policy], content),
+                                            add_generation_prompt=True, tokenize=False)
+
+    def _shell_parts(self, policy: str) -> list[str]:
+        """The chat prompt of `policy` rendered around SENTINEL, split at it."""
+        return self._render(policy, SENTINEL).split(SENTINEL)
 
     def _generate(self, prompts: list[list[int]], stream: Optional[Callable[[str], None]] = None,
                   sampling: Optional[tuple[list[int], float, float]] = None) -> tuple[list[str], list[int]]:
@@ -231,8 +233,8 @@ class Guard:
         counts = (gen != pad).sum(dim=1).tolist()
         return tok.batch_decode(gen, skip_special_tokens=True), counts
 
-    def _result(self, item: dict, text: str, policies: list[str], keys: Optional[list[str]] = None) -> dict:
-        rows = [self.cache[k] for k in (keys or [self._key(text, q) for q in policies])]
+    def _result(self, item: dict, policies: list[str], keys: list[str]) -> dict:
+        rows = [self.cache[k] for k in keys]
         return build_result(item, {q: r["raw"] for q, r in zip(policies, rows)},
                             seconds=sum(r.get("seconds", 0.0) for r in rows),
                             new_tokens=sum(r.get("new_tokens", 0) for r in rows))
@@ -274,7 +276,7 @@ class Guard:
             print(f"  [classify] resuming: {cached}/{n_pairs} answers already in {self.cache_path}",
                   file=sys.stderr, flush=True)
         if on_batch:
-            ready = [dict(self._result(items[i], texts[i], policies, keys[i]), index=i)
+            ready = [dict(self._result(items[i], policies, keys[i]), index=i)
                      for i in range(len(items)) if i not in missing]
             if ready:
                 on_batch(ready)
@@ -306,8 +308,8 @@ class Guard:
                 print(f"  [classify] {b + len(chunk)}/{len(todo)} new answers ({cached} of {n_pairs} from the cache)",
                       file=sys.stderr, flush=True)
             if on_batch and finished:
-                on_batch([dict(self._result(items[i], texts[i], policies, keys[i]), index=i) for i in finished])
-        results = [self._result(it, text, policies, ks) for it, text, ks in zip(items, texts, keys)]
+                on_batch([dict(self._result(items[i], policies, keys[i]), index=i) for i in finished])
+        results = [self._result(it, policies, ks) for it, ks in zip(items, keys)]
         wall = time.time() - t_start
         self.last_stats = {
             "items": len(items), "pairs": n_pairs, "cached_pairs": cached, "generated_pairs": len(todo),

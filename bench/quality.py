@@ -21,6 +21,8 @@ evaluation, so a run cut short still returns what it finished:
  7. HS-DPO (issue 8): mine the R-SFT adapter on --hsdpo-items training items (guardrsft.hsdpo.mine:
     k samples per item and policy, training split only), train DPO on the pairs on top of the
     R-SFT adapter (hsdpo.train_dpo), evaluate it like the others
+--safe-per-item K keeps every UNSAFE pair and at most K SAFE pairs of each training item (before
+--unsafe-share): more distinct items for the same number of steps.
 --unsafe-share S oversamples the UNSAFE (item, policy) training traces (whole copies, seeded) until
 they make up S of the examples: most pairs are SAFE (an item violates one or two of six
 policies), and a model trained on that mix learns to answer SAFE. Applies to R-SFT, label-only
@@ -176,7 +178,8 @@ def evaluate_model(p, suites: list[dict], adapter, max_new: int, cache: Path, pr
         at += len(s["items"])
         m = compute([it["gold"] for it in s["items"]], res, list(p.policies))
         m["positive"] = s["report"]["positive"]
-        out[s["name"]] = {**{k: m.get(k) for k in HEAD},
+        scope = in_scope(s["items"], res, list(p.policies))
+        out[s["name"]] = {**{k: m.get(k) for k in HEAD}, **scope,
                           "per_policy_f1": {q: v["f1"] for q, v in m["per_policy"].items()},
                           "confusion": m["confusion"]}
         with gzip.open(preds_dir / f"{name}.{s['name']}.jsonl.gz", "wt") as f:
@@ -188,13 +191,31 @@ def evaluate_model(p, suites: list[dict], adapter, max_new: int, cache: Path, pr
     return out, stats
 
 
+def in_scope(items: list[dict], res: list[dict], policies: list[str]) -> dict:
+    """Harmful F1 without the items the policies cannot flag: a set with per-policy gold
+    (OpenAI moderation) has harmful items whose only flags lie outside the six policies (`S`,
+    adult sexual content: 141 of its 522). They stay in harmful_f1, the paper's way; this
+    says how the guard does on the harm it is asked to find. Sets without per-policy gold: {}."""
+    from guardrsft.metrics import binary_scores
+
+    if not any(it["gold"]["known"] for it in items):
+        return {}
+    keep = [i for i, it in enumerate(items) if not it["positive"] or it["gold"]["labels"]]
+    b = binary_scores([items[i]["positive"] for i in keep],
+                      [None if res[i]["verdict"] is None else res[i]["verdict"] == "UNSAFE" for i in keep])
+    return {"in_scope_items": len(keep), "in_scope_positive": sum(items[i]["positive"] for i in keep),
+            "in_scope_f1": b["f1"], "in_scope_precision": b["precision"], "in_scope_recall": b["recall"],
+            "out_of_scope_flagged": sum(res[i]["verdict"] == "UNSAFE" for i, it in enumerate(items)
+                                        if it["positive"] and not it["gold"]["labels"])}
+
+
 def pct(x) -> str:
     return "—" if x is None else f"{100 * x:.1f}"
 
 
 def markdown(report: dict) -> str:
-    lines = ["| model | dev set | items (harmful) | harmful F1 | precision | recall | parse failures | exact match |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | dev set | items (harmful) | harmful F1 | precision | recall | parse failures | exact match "
+             "| in-scope F1 |", "|---|---|---|---|---|---|---|---|---|"]
     traces = ("template + imported GuardReasoner traces" if report["args"].get("import_source")
               else "template traces")
     names = {"base": "zero-shot base", "rsft": f"R-SFT ({traces})", "label_only": "label-only SFT",
@@ -206,12 +227,13 @@ def markdown(report: dict) -> str:
             if m:
                 lines.append(f"| {names[model]} | {s} | {m['samples']} ({m['positive']}) | {pct(m['harmful_f1'])} | "
                              f"{pct(m['harmful_precision'])} | {pct(m['harmful_recall'])} | "
-                             f"{pct(m['parse_failure_rate'])} | {pct(m['exact_match'])} |")
+                             f"{pct(m['parse_failure_rate'])} | {pct(m['exact_match'])} | "
+                             f"{pct(m.get('in_scope_f1'))} |")
     for who, f1 in PUBLISHED.items():
         for s in sets:
             if s in PAPER_SET:
                 full = report["sets"][s]["items_in_file"]
-                lines.append(f"| {who} (published) | {s} | {full} (full set) | {f1[PAPER_SET[s]]:.1f} | | | | |")
+                lines.append(f"| {who} (published) | {s} | {full} (full set) | {f1[PAPER_SET[s]]:.1f} | | | | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -252,6 +274,29 @@ def label_only_traces(src: Path, dest: Path) -> int:
 
     rows = [dict(r, reasoning="", origin="label_only") for r in read_jsonl(src)]
     return write_jsonl(dest, rows)
+
+
+def thin_safe(path: Path, per_item: int, seed: int) -> dict:
+    """Keep every UNSAFE trace row and at most `per_item` SAFE rows of each item (seeded); rewrites it.
+    A benign item's six SAFE pairs teach much the same thing six times: thinning them buys more
+    distinct items per training step. A harmful item keeps SAFE pairs too (which policy it does
+    NOT violate is the per-policy lesson)."""
+    from guardrsft.io import read_jsonl, write_jsonl
+
+    rows = read_jsonl(path)
+    rng = random.Random(seed)
+    by_item: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        if r["classification"] == "SAFE":
+            by_item.setdefault(r["id"], []).append(i)
+    drop = set()
+    for idx in by_item.values():
+        if len(idx) > per_item:
+            drop.update(rng.sample(idx, len(idx) - per_item))
+    out = [r for i, r in enumerate(rows) if i not in drop]
+    write_jsonl(path, out)
+    return {"rows_before": len(rows), "rows": len(out), "safe_dropped": len(drop),
+            "unsafe_share": round(sum(r["classification"] == "UNSAFE" for r in out) / max(len(out), 1), 4)}
 
 
 def oversample_unsafe(path: Path, share: float, seed: int) -> dict:
@@ -311,6 +356,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=3407)
     ap.add_argument("--unsafe-share", type=float, default=0.0,
                     help="oversample UNSAFE training traces to this share of the examples (0: as built)")
+    ap.add_argument("--safe-per-item", type=int, default=-1,
+                    help="keep at most K SAFE (item, policy) training pairs per item (seeded; -1: all)")
     ap.add_argument("--hsdpo-items", type=int, default=200, help="training items HS-DPO mines (x 6 policies x k)")
     ap.add_argument("--hsdpo-balance", type=int, default=0, choices=[0, 1], help="hsdpo.balance (class-balanced weights)")
     ap.add_argument("--deadline-s", type=float, default=560,
@@ -376,6 +423,9 @@ def main() -> None:
                                         str(work / "metrics/traces.json"))
     mined_from = work / "traces/mine.jsonl"  # distinct items for HS-DPO, before oversampling
     shutil.copyfile(work / "traces/train.jsonl", mined_from)
+    if a.safe_per_item >= 0:
+        report["thinning"] = thin_safe(work / "traces/train.jsonl", a.safe_per_item, a.seed)
+        log(f"thinning: {report['thinning']}")
     if a.unsafe_share:
         report["oversampling"] = oversample_unsafe(work / "traces/train.jsonl", a.unsafe_share, a.seed)
         log(f"oversampling: {report['oversampling']}")

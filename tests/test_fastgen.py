@@ -104,6 +104,30 @@ def test_engine_matches_generate_at_verdict_and_end_of_turn(verdict_model, param
     assert {"SAFE", "UNSAFE"} <= verdicts
 
 
+def test_engine_runs_after_a_training_patch_of_the_models_rotary(verdict_model, params, monkeypatch):
+    # Liger's training patch swaps modeling_llama.apply_rotary_pos_emb, process-wide, for a
+    # kernel that only takes [B, heads, L, D]; evaluating after training in one process (the
+    # quality benchmark) crashed the engine's token-major calls. Same stand-in, same answers.
+    import torch
+    from transformers.models.llama import modeling_llama
+
+    from guardrsft.fastgen import apply_rotary
+
+    original = modeling_llama.apply_rotary_pos_emb
+
+    def four_d_only(q, k, cos, sin, *a, **kw):
+        b, heads, L, d = q.shape  # a 3-D q raises here, as Liger's does
+        return original(q, k, cos, sin, *a, **kw)
+
+    monkeypatch.setattr(modeling_llama, "apply_rotary_pos_emb", four_d_only)
+    _compare(_guard(verdict_model, params, max_new=60), max_new=60, rows=4, sync_every=5)
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 3, 5, 8, generator=g), torch.randn(2, 1, 5, 8, generator=g)
+    cos, sin = torch.randn(2, 5, 8, generator=g), torch.randn(2, 5, 8, generator=g)
+    for got, ref in zip(apply_rotary(q, k, cos, sin), original(q, k, cos, sin)):
+        assert torch.equal(got, ref)
+
+
 def test_engine_refuses_a_prompt_longer_than_its_cache(tiny, params):
     from guardrsft.fastgen import SlotEngine
 

@@ -56,17 +56,31 @@ PREFILL = ("auto", "padded", "packed")
 DEFAULTS = {"attention": "auto", "sync_every": 8, "prefill": "auto"}
 
 
+def _rotate_half(x):
+    import torch
+
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rotary(q, k, cos, sin, unsqueeze_dim: int = 1):
+    """transformers' llama rotary (x * cos + rotate_half(x) * sin), our own copy: Liger's
+    training patch replaces `modeling_llama.apply_rotary_pos_emb` process-wide with a kernel
+    that takes only the [B, heads, L, D] layout, so a process that trained first (the quality
+    benchmark, HS-DPO mining after R-SFT) would break the token-major [N, heads, D] calls here."""
+    cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
 def _attn_in(layer, x, cos, sin, h: int, hkv: int, d: int, rope: bool = True):
     """Tokens x [N, hidden] -> q [N, h, d], k and v [N, hkv, d]: the layer's input norm, its
     projections and (rope) the model's rotary (cos/sin [N, d]). Token-major, the layout of the
     slot-major cache, varlen and the decoding kernel."""
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
     a = layer.self_attn
     hn = layer.input_layernorm(x)
     q, k = a.q_proj(hn).view(-1, h, d), a.k_proj(hn).view(-1, hkv, d)
     if rope:
-        q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
+        q, k = apply_rotary(q, k, cos, sin, unsqueeze_dim=1)
     return q, k, a.v_proj(hn).view(-1, hkv, d)
 
 
@@ -262,15 +276,13 @@ class SlotEngine:
 
     # ------------------------------------------------------------------ model pieces
     def _layer_qkv(self, layer, x, cos, sin):
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
         a = layer.self_attn
         n, L, _ = x.shape
         h = layer.input_layernorm(x)
         q = a.q_proj(h).view(n, L, self.h, self.d).transpose(1, 2)
         k = a.k_proj(h).view(n, L, self.hkv, self.d).transpose(1, 2)
         v = a.v_proj(h).view(n, L, self.hkv, self.d).transpose(1, 2)
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)  # cos [n, L, D] -> unsqueezed over heads
+        q, k = apply_rotary(q, k, cos, sin)  # cos [n, L, D] -> unsqueezed over heads
         return q, k, v
 
     def _prefill(self, slots: list[int], prompts: list[list[int]]) -> object:
@@ -380,8 +392,6 @@ class SlotEngine:
     def _rope_fails(self) -> Optional[str]:
         """None if the Triton rotary gives the model's rotary here (llama's equal cos/sin halves,
         a head_dim the kernel takes, the same numbers on random heads), else why not."""
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
         torch, half = self.torch, self.d // 2
         if not (torch.equal(self.cos[:, :half], self.cos[:, half:]) and torch.equal(self.sin[:, :half],
                                                                                     self.sin[:, half:])):
@@ -391,7 +401,7 @@ class SlotEngine:
             x = torch.randn(5, self.h, self.d, generator=g).to(device=self.device, dtype=self.dtype)
             at = [0, 1, 7, min(100, self.max_len - 1), self.max_len - 1]
             cos, sin = self.cos[at], self.sin[at]
-            ref = apply_rotary_pos_emb(x, x, cos, sin, unsqueeze_dim=1)[0]
+            ref = apply_rotary(x, x, cos, sin, unsqueeze_dim=1)[0]
             got = decode_attn.rotary(x, cos, sin)
         except Exception as e:  # noqa: BLE001 - any failure means: use the model's rotary
             return _reason(e)

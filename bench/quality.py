@@ -21,12 +21,12 @@ evaluation, so a run cut short still returns what it finished:
  7. HS-DPO (issue 8): mine the R-SFT adapter on --hsdpo-items training items (guardrsft.hsdpo.mine:
     k samples per item and policy, training split only), train DPO on the pairs on top of the
     R-SFT adapter (hsdpo.train_dpo), evaluate it like the others
---safe-per-item K keeps every UNSAFE pair and at most K SAFE pairs of each training item (before
---unsafe-share): more distinct items for the same number of steps.
---unsafe-share S oversamples the UNSAFE (item, policy) training traces (whole copies, seeded) until
-they make up S of the examples: most pairs are SAFE (an item violates one or two of six
-policies), and a model trained on that mix learns to answer SAFE. Applies to R-SFT, label-only
-and the traces HS-DPO mines (the mined items stay distinct).
+--safe-per-item K and --unsafe-share S set train.safe_per_item / train.unsafe_share (default:
+params.yaml's, 2 and 0.3): train() keeps every UNSAFE pair and at most K SAFE pairs of each item,
+then repeats UNSAFE pairs until they are S of the examples (guardrsft.balance), for R-SFT and
+label-only alike; HS-DPO mines the distinct items. Before the sixth session these steps lived
+here, and the fourth run's `--unsafe-share 0.3` meant no thinning: pass `--safe-per-item -1`
+to repeat it.
 
 Every (item, policy) pair is one generation: 6 per item. Scores come from guardrsft.metrics.compute:
 harmful F1 / precision / recall the GuardReasoner paper's way (harmful = any policy UNSAFE;
@@ -45,7 +45,6 @@ import gzip
 import json
 import os
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -98,6 +97,9 @@ def overrides(a) -> dict:
           "evaluate.max_samples": a.test_items,
           "hsdpo.enabled": True, "hsdpo.max_items": a.hsdpo_items, "hsdpo.max_steps": -1, "hsdpo.epochs": 1,
           "hsdpo.batch_size": 16, "hsdpo.max_new_tokens": a.max_new_tokens, "hsdpo.balance": bool(a.hsdpo_balance)}
+    for key, v in (("train.safe_per_item", a.safe_per_item), ("train.unsafe_share", a.unsafe_share)):
+        if v is not None:
+            ov[key] = v
     for name, f in DEV_FILES.items():
         ov[f"evaluate.benchmark_sets.{name}.path"] = str(Path(a.dev_dir).resolve() / f)
         ov[f"evaluate.benchmark_sets.{name}.max_samples"] = 0  # sampled here, class-proportionally
@@ -276,49 +278,6 @@ def label_only_traces(src: Path, dest: Path) -> int:
     return write_jsonl(dest, rows)
 
 
-def thin_safe(path: Path, per_item: int, seed: int) -> dict:
-    """Keep every UNSAFE trace row and at most `per_item` SAFE rows of each item (seeded); rewrites it.
-    A benign item's six SAFE pairs teach much the same thing six times: thinning them buys more
-    distinct items per training step. A harmful item keeps SAFE pairs too (which policy it does
-    NOT violate is the per-policy lesson)."""
-    from guardrsft.io import read_jsonl, write_jsonl
-
-    rows = read_jsonl(path)
-    rng = random.Random(seed)
-    by_item: dict[str, list[int]] = {}
-    for i, r in enumerate(rows):
-        if r["classification"] == "SAFE":
-            by_item.setdefault(r["id"], []).append(i)
-    drop = set()
-    for idx in by_item.values():
-        if len(idx) > per_item:
-            drop.update(rng.sample(idx, len(idx) - per_item))
-    out = [r for i, r in enumerate(rows) if i not in drop]
-    write_jsonl(path, out)
-    return {"rows_before": len(rows), "rows": len(out), "safe_dropped": len(drop),
-            "unsafe_share": round(sum(r["classification"] == "UNSAFE" for r in out) / max(len(out), 1), 4)}
-
-
-def oversample_unsafe(path: Path, share: float, seed: int) -> dict:
-    """Repeat UNSAFE trace rows (seeded) until they are `share` of the file; rewrites it."""
-    from guardrsft.io import read_jsonl, write_jsonl
-
-    rows = read_jsonl(path)
-    unsafe = [r for r in rows if r["classification"] == "UNSAFE"]
-    before = len(unsafe) / max(len(rows), 1)
-    if not unsafe or before >= share:
-        return {"rows": len(rows), "unsafe_share_before": round(before, 4), "added": 0}
-    # n_add extra UNSAFE rows: (u + n_add) / (N + n_add) = share
-    n_add = round((share * len(rows) - len(unsafe)) / (1 - share))
-    rng = random.Random(seed)
-    extra = [dict(unsafe[i % len(unsafe)], origin="oversampled") for i in range(n_add)]
-    out = rows + extra
-    rng.shuffle(out)
-    write_jsonl(path, out)
-    return {"rows": len(out), "unsafe_share_before": round(before, 4), "added": n_add,
-            "unsafe_share_after": round((len(unsafe) + n_add) / len(out), 4)}
-
-
 def dry_subset(data: Path, dest: Path, n: int, seed: int) -> Path:
     """A few items of the real file (every label group), for the CPU dry run."""
     from guardrsft.data import subsample
@@ -354,10 +313,10 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=192, help="base and R-SFT")
     ap.add_argument("--label-max-new-tokens", type=int, default=16)
     ap.add_argument("--seed", type=int, default=3407)
-    ap.add_argument("--unsafe-share", type=float, default=0.0,
-                    help="oversample UNSAFE training traces to this share of the examples (0: as built)")
-    ap.add_argument("--safe-per-item", type=int, default=-1,
-                    help="keep at most K SAFE (item, policy) training pairs per item (seeded; -1: all)")
+    ap.add_argument("--unsafe-share", type=float, default=None,
+                    help="train.unsafe_share: repeat UNSAFE pairs up to this share (0: off; default: params.yaml's)")
+    ap.add_argument("--safe-per-item", type=int, default=None,
+                    help="train.safe_per_item: at most K SAFE pairs per item (-1: all; default: params.yaml's)")
     ap.add_argument("--hsdpo-items", type=int, default=200, help="training items HS-DPO mines (x 6 policies x k)")
     ap.add_argument("--hsdpo-balance", type=int, default=0, choices=[0, 1], help="hsdpo.balance (class-balanced weights)")
     ap.add_argument("--deadline-s", type=float, default=560,
@@ -421,14 +380,7 @@ def main() -> None:
     t = time.time()
     report["traces"] = _generate_traces(p, str(work / "prepared"), str(work / "traces"),
                                         str(work / "metrics/traces.json"))
-    mined_from = work / "traces/mine.jsonl"  # distinct items for HS-DPO, before oversampling
-    shutil.copyfile(work / "traces/train.jsonl", mined_from)
-    if a.safe_per_item >= 0:
-        report["thinning"] = thin_safe(work / "traces/train.jsonl", a.safe_per_item, a.seed)
-        log(f"thinning: {report['thinning']}")
-    if a.unsafe_share:
-        report["oversampling"] = oversample_unsafe(work / "traces/train.jsonl", a.unsafe_share, a.seed)
-        log(f"oversampling: {report['oversampling']}")
+    mined_from = work / "traces/train.jsonl"  # distinct items for HS-DPO (train() balances its own copy)
     n_label = label_only_traces(work / "traces/train.jsonl", work / "traces_label/train.jsonl")
     clock.done("traces", t)
     n_items = sum(len(s["items"]) for s in suites)
@@ -468,7 +420,8 @@ def main() -> None:
                         str(out / f"loss_{name}.csv"))
             report["train"][name] = {k: res["metrics"].get(k) for k in (
                 "examples", "steps", "epochs", "final_loss", "train_loss", "train_seconds", "samples_per_second",
-                "tokens_per_second", "mfu", "peak_memory_gb", "skipped_too_long")}
+                "tokens_per_second", "mfu", "peak_memory_gb", "skipped_too_long", "balance")}
+            log(f"class balance of the {name} examples: {res['metrics']['balance']}")
             clock.done(f"train_{name}", t)
         t = time.time()
         report["results"][name], report["speed"][name] = evaluate_model(

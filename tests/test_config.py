@@ -65,6 +65,9 @@ def test_unknown_nested_key_is_named(tmp_path, params_text):
     ("  teacher: template ", "  teacher: gpt5 ", "traces.teacher"),
     ("  adapter: auto ", "  adapter: dpo ", "export.adapter.*auto, rsft or hsdpo"),
     ("  adapter: auto ", "  adapter: hsdpo ", "export.adapter.*hsdpo.enabled is false.*preset `cpu`"),
+    ("  safe_per_item: 2", "  safe_per_item: 0", "train.safe_per_item.*-1"),
+    ("  safe_per_item: 2", "  safe_per_item: two", "train.safe_per_item"),
+    ("  unsafe_share: 0.3", "  unsafe_share: 1.0", r"train.unsafe_share.*\[0, 1\)"),
 ])
 def test_bad_values_fail_with_the_key(tmp_path, params_text, old, new, pattern):
     assert old in params_text

@@ -131,6 +131,10 @@ class TrainParams:
     # several GPUs: `accelerate launch` with configs/accelerate/<distributed>.yaml (docs/SCALE.md)
     distributed: str = "none"  # none | ddp | fsdp | deepspeed_zero3
     num_processes: Optional[int] = None  # null: every visible GPU (distributed != none)
+    # class balance of the examples (guardrsft.balance): at most this many SAFE pairs per item
+    # (-1: all), then UNSAFE pairs repeated until they are this share (0: none added)
+    safe_per_item: int = -1
+    unsafe_share: float = 0.0
 
 
 @dataclass
@@ -444,6 +448,11 @@ def _check_ranges(p: Params) -> None:
     need(t.distributed in ("none", "ddp", "fsdp", "deepspeed_zero3"), "train.distributed",
          f"must be none, ddp, fsdp or deepspeed_zero3 (got {t.distributed!r})")
     need(t.num_processes is None or t.num_processes > 0, "train.num_processes", "must be null (every GPU) or > 0")
+    need(isinstance(t.safe_per_item, int) and not isinstance(t.safe_per_item, bool)
+         and (t.safe_per_item == -1 or t.safe_per_item >= 1), "train.safe_per_item",
+         "must be -1 (keep every SAFE pair) or >= 1 SAFE pairs per item (0 would leave benign items out)")
+    need(isinstance(t.unsafe_share, (int, float)) and not isinstance(t.unsafe_share, bool)
+         and 0 <= t.unsafe_share < 1, "train.unsafe_share", "must be in [0, 1) (0: no oversampling)")
     need(all(isinstance(u, str) and u.startswith(("http://", "https://")) for u in o.base_urls),
          "traces.openai.base_urls", "must be a list of http(s) URLs, e.g. [http://127.0.0.1:8000/v1]")
     h = p.hsdpo

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from .config import Params
+from .balance import balance
 from .io import atomic_dir, read_jsonl, write_json, write_text
 from .models import cache_dir, check_device, load_model, load_tokenizer, resolve_base
 from .prompts import messages, target
@@ -337,7 +338,9 @@ def train(p: Params, traces_path: str, adapter_out: str, metrics_out: str, plot_
     traces = read_jsonl(traces_path)
     if not traces:
         raise TrainError(f"{traces_path}: no traces. Run the generate_traces stage first (`dvc repro`).")
+    # the balanced rows are a function of the file and train.* (in the checkpoint key): same hash
     data_hash = hashlib.sha256(Path(traces_path).read_bytes()).hexdigest()
+    traces, balance_stats = balance(traces, p.train.safe_per_item, p.train.unsafe_share, p.seed)
     base = resolve_base(p.model)
     plan = dist.plan(p, world)  # the global batch of the one-GPU run, split over the ranks
 
@@ -406,6 +409,7 @@ def train(p: Params, traces_path: str, adapter_out: str, metrics_out: str, plot_
         "resumed": bool(last), "device": p.hw["device"], "base_model": p.model,
         "distributed": p.train.distributed if world > 1 else "none", "processes": world,
         "global_batch": plan["global_batch"], "grad_accum_per_process": plan["grad_accum"],
+        "balance": balance_stats,
     }
     if main:
         write_json(metrics_out, metrics)

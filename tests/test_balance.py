@@ -1,0 +1,49 @@
+"""guardrsft.balance: thinning SAFE pairs per item, oversampling UNSAFE ones (train.safe_per_item,
+train.unsafe_share)."""
+from collections import Counter
+
+from guardrsft.balance import balance
+
+POLICIES = ["hate_speech", "violence", "self_harm", "sexual_minors", "harassment", "illegal"]
+
+
+def _rows(n_items: int, unsafe_of: dict) -> list[dict]:
+    """One row per (item, policy); unsafe_of: item index -> its violated policies."""
+    return [{"id": f"s{i}", "policy": q, "content": f"text {i}", "reasoning": f"r {i} {q}",
+             "classification": "UNSAFE" if q in unsafe_of.get(i, ()) else "SAFE"}
+            for i in range(n_items) for q in POLICIES]
+
+
+def test_thinning_keeps_every_unsafe_pair_and_k_safe_pairs_per_item():
+    rows = _rows(10, {0: ["violence", "illegal"], 3: ["hate_speech"]})
+    out, st = balance(rows, safe_per_item=2, unsafe_share=0.0, seed=1)
+    safe = Counter(r["id"] for r in out if r["classification"] == "SAFE")
+    assert set(safe.values()) == {2} and len(safe) == 10  # every item keeps exactly 2 SAFE pairs
+    unsafe = {(r["id"], r["policy"]) for r in out if r["classification"] == "UNSAFE"}
+    assert unsafe == {("s0", "violence"), ("s0", "illegal"), ("s3", "hate_speech")}
+    assert st["safe_dropped"] == 60 - 3 - 20 and st["rows"] == len(out) == 23
+    assert all(r in rows for r in out)  # rows are kept whole, never rewritten
+    assert [rows.index(r) for r in out] == sorted(rows.index(r) for r in out)  # file order kept
+
+
+def test_oversampling_reaches_the_share_with_whole_copies():
+    rows = _rows(20, {i: ["violence"] for i in range(4)})  # 4 of 120 pairs UNSAFE
+    out, st = balance(rows, safe_per_item=-1, unsafe_share=0.3, seed=7)
+    n_unsafe = sum(r["classification"] == "UNSAFE" for r in out)
+    assert abs(n_unsafe / len(out) - 0.3) < 0.01 and st["unsafe_share_after"] == round(n_unsafe / len(out), 4)
+    assert st["unsafe_added"] == len(out) - len(rows) == n_unsafe - 4
+    assert Counter(r["id"] for r in out if r["classification"] == "UNSAFE").keys() == {"s0", "s1", "s2", "s3"}
+    assert all(r in rows for r in out) and all(r in out for r in rows)  # every original row is still there
+
+
+def test_the_same_seed_gives_the_same_rows_and_a_share_already_met_adds_none():
+    rows = _rows(12, {1: ["self_harm"], 5: ["harassment", "hate_speech"]})
+    a, _ = balance(rows, 1, 0.4, seed=3)
+    b, _ = balance(rows, 1, 0.4, seed=3)
+    c, _ = balance(rows, 1, 0.4, seed=4)
+    assert a == b and a != c
+    out, st = balance(rows, -1, 0.0, seed=3)
+    assert out == rows and st["unsafe_added"] == 0 and "safe_dropped" not in st
+    few_safe = _rows(2, {0: POLICIES[:5], 1: POLICIES[:5]})  # 10 of 12 pairs UNSAFE
+    out, st = balance(few_safe, -1, 0.3, seed=3)
+    assert out == few_safe and st["unsafe_added"] == 0

@@ -180,7 +180,7 @@ def evaluate_model(p, suites: list[dict], adapter, max_new: int, cache: Path, pr
         at += len(s["items"])
         m = compute([it["gold"] for it in s["items"]], res, list(p.policies))
         m["positive"] = s["report"]["positive"]
-        scope = in_scope(s["items"], res, list(p.policies))
+        scope = in_scope(s["items"], res)
         out[s["name"]] = {**{k: m.get(k) for k in HEAD}, **scope,
                           "per_policy_f1": {q: v["f1"] for q, v in m["per_policy"].items()},
                           "confusion": m["confusion"]}
@@ -193,7 +193,7 @@ def evaluate_model(p, suites: list[dict], adapter, max_new: int, cache: Path, pr
     return out, stats
 
 
-def in_scope(items: list[dict], res: list[dict], policies: list[str]) -> dict:
+def in_scope(items: list[dict], res: list[dict]) -> dict:
     """Harmful F1 without the items the policies cannot flag: a set with per-policy gold
     (OpenAI moderation) has harmful items whose only flags lie outside the six policies (`S`,
     adult sexual content: 141 of its 522). They stay in harmful_f1, the paper's way; this

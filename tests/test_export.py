@@ -360,3 +360,6 @@ def test_export_adapter_choice(params, tmp_path):
     card = model_card(params, None, hsdpo=True)
     assert "then hard-sample DPO (HS-DPO)" in card and f"k={params.hsdpo.k} samples" in card
     assert "HS-DPO" not in model_card(params, None)
+    bal = {"rows_in": 48, "safe_per_item": 2, "unsafe_share": 0.3, "rows": 25, "unsafe_share_after": 0.32}
+    card = model_card(params, None, train_metrics={"steps": 4, "epochs": 1.0, "examples": 25, "balance": bal})
+    assert "over 25 (sample, policy) examples" in card and "48 trace rows -> 25 examples, 32% UNSAFE" in card

@@ -18,6 +18,10 @@ from __future__ import annotations
 
 import random
 
+# in train()'s checkpoint key: a rerun with a changed balancing rule must not resume a run
+# trained on the old rows
+VERSION = 1
+
 
 def balance(rows: list[dict], safe_per_item: int, unsafe_share: float, seed: int) -> tuple[list[dict], dict]:
     """(rows to train on, stats). safe_per_item -1 keeps every SAFE pair; unsafe_share 0 adds none.

@@ -450,9 +450,11 @@ def _check_ranges(p: Params) -> None:
     need(t.num_processes is None or t.num_processes > 0, "train.num_processes", "must be null (every GPU) or > 0")
     need(isinstance(t.safe_per_item, int) and not isinstance(t.safe_per_item, bool)
          and (t.safe_per_item == -1 or t.safe_per_item >= 1), "train.safe_per_item",
-         "must be -1 (keep every SAFE pair) or >= 1 SAFE pairs per item (0 would leave benign items out)")
+         f"must be -1 (keep every SAFE pair) or >= 1 SAFE pairs per item (0 would leave benign items out; "
+         f"got {t.safe_per_item!r})")
     need(isinstance(t.unsafe_share, (int, float)) and not isinstance(t.unsafe_share, bool)
-         and 0 <= t.unsafe_share < 1, "train.unsafe_share", "must be in [0, 1) (0: no oversampling)")
+         and 0 <= t.unsafe_share < 1, "train.unsafe_share",
+         f"must be in [0, 1) (0: no oversampling; got {t.unsafe_share!r})")
     need(all(isinstance(u, str) and u.startswith(("http://", "https://")) for u in o.base_urls),
          "traces.openai.base_urls", "must be a list of http(s) URLs, e.g. [http://127.0.0.1:8000/v1]")
     h = p.hsdpo

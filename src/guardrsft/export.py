@@ -147,6 +147,11 @@ def model_card(p: Params, eval_metrics: Optional[dict], report: Optional[dict] =
         lines.append(f"- {train_metrics.get('steps')} steps ({train_metrics.get('epochs')} epochs) over "
                      f"{train_metrics.get('examples')} (sample, policy) examples; final loss "
                      f"{train_metrics.get('final_loss')}")
+        b = train_metrics.get("balance")
+        if b:  # the examples above are after guardrsft.balance: say how they were drawn
+            lines.append(f"- class balance: at most {b['safe_per_item']} SAFE pairs per sample (-1: all), UNSAFE "
+                         f"repeated to {b['unsafe_share']} of the examples: {b['rows_in']} trace rows -> "
+                         f"{b['rows']} examples, {b['unsafe_share_after']:.0%} UNSAFE")
     if data_metrics:
         lines.append("- data: " + ", ".join(f"{s} {data_metrics[s]['samples']} samples" for s in ("train", "val", "test")
                                             if isinstance(data_metrics.get(s), dict)))

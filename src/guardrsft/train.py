@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from .config import Params
+from .balance import VERSION as balance_version
 from .balance import balance
 from .io import atomic_dir, read_jsonl, write_json, write_text
 from .models import cache_dir, check_device, load_model, load_tokenizer, resolve_base
@@ -339,7 +340,7 @@ def train(p: Params, traces_path: str, adapter_out: str, metrics_out: str, plot_
     if not traces:
         raise TrainError(f"{traces_path}: no traces. Run the generate_traces stage first (`dvc repro`).")
     # the balanced rows are a function of the file and train.* (in the checkpoint key): same hash
-    data_hash = hashlib.sha256(Path(traces_path).read_bytes()).hexdigest()
+    data_hash = hashlib.sha256(Path(traces_path).read_bytes()).hexdigest() + f":balance{balance_version}"
     traces, balance_stats = balance(traces, p.train.safe_per_item, p.train.unsafe_share, p.seed)
     base = resolve_base(p.model)
     plan = dist.plan(p, world)  # the global batch of the one-GPU run, split over the ranks

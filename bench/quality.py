@@ -414,6 +414,7 @@ def main() -> None:
                                   str(out / "train_hsdpo.json"), str(out / "loss_hsdpo.csv"))
             report["train"]["hsdpo"] = res["metrics"]
             clock.done("train_hsdpo", t)
+            write_report(out, report)  # a run killed during evaluation keeps its training metrics
         elif name in adapters:
             t = time.time()
             res = train(p, str(traces[name]), str(adapters[name]), str(out / f"train_{name}.json"),
@@ -423,6 +424,7 @@ def main() -> None:
                 "tokens_per_second", "mfu", "peak_memory_gb", "skipped_too_long", "balance")}
             log(f"class balance of the {name} examples: {res['metrics']['balance']}")
             clock.done(f"train_{name}", t)
+            write_report(out, report)  # a run killed during evaluation keeps its training metrics
         t = time.time()
         report["results"][name], report["speed"][name] = evaluate_model(
             p, suites, adapters.get(name), max_new[name], cache, out / "predictions", name)

@@ -105,6 +105,11 @@ def overrides(a) -> dict:
         ov[f"evaluate.benchmark_sets.{name}.max_samples"] = 0  # sampled here, class-proportionally
     if a.import_source:  # real GuardReasoner traces where they match (docs/QUALITY.md), the template elsewhere
         ov.update({"traces.teacher": "import", "traces.import_source": str(Path(a.import_source).resolve())})
+    for kv in a.set:  # any other params.yaml key, validated by load_params like `dvc exp run -S`
+        key, sep, val = kv.partition("=")
+        if not sep:
+            fail(f"--set {kv!r}: expected KEY=VALUE, e.g. --set train.lora_r=64")
+        ov[key] = yaml.safe_load(val)
     if a.dry_run:  # the cpu preset's hardware; tiny sizes
         ov.update({"preset": "cpu", "train.max_steps": 2, "train.batch_size": 2, "train.padding_free": None,
                    "train.gradient_checkpointing": None, "train.logging_steps": 1, "evaluate.batch_size": 8})
@@ -324,6 +329,8 @@ def main() -> None:
                          "limit is 600); 0: no limit")
     ap.add_argument("--import-source", default=None, metavar="PATH",
                     help="traces.teacher import from PATH (e.g. ../shared/data/guardreasoner_predictions)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="another params.yaml key (dotted, YAML value), e.g. --set train.lora_r=64; repeatable")
     ap.add_argument("--dry-run", action="store_true", help="CPU, a handful of items, 2 steps, 16 new tokens")
     a = ap.parse_args()
     a.sets = [s for s in a.sets.split(",") if s]

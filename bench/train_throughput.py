@@ -54,7 +54,7 @@ def params_with(overrides: dict):
         d = raw
         *head, last = key.split(".")
         for h in head:
-            d = d[h]
+            d = d.setdefault(h, {})  # an unknown section: load_params names it
         d[last] = val
     f = Path(tempfile.mkdtemp()) / "params.yaml"
     f.write_text(yaml.safe_dump(raw))

@@ -294,7 +294,7 @@ def dry_subset(data: Path, dest: Path, n: int, seed: int) -> Path:
     return dest
 
 
-def main() -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None, help="base model folder (device: /root/gpu/smollm2-135m-instruct)")
     ap.add_argument("--data", default=str(ROOT / ".gpu/d/quality/train.json"),
@@ -307,7 +307,7 @@ def main() -> None:
     ap.add_argument("--max-eval-items", type=int, default=1000, help="per dev set, harmful rate kept; 0: all")
     ap.add_argument("--test-items", type=int, default=300, help="in-distribution test split items; 0: all")
     ap.add_argument("--test-fraction", type=float, default=0.08)
-    ap.add_argument("--models", default=",".join(MODELS), help="subset of rsft,base,label_only")
+    ap.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of rsft,base,label_only,hsdpo, run in this order")
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--max-steps", type=int, default=-1, help="-1: --epochs")
     ap.add_argument("--lr", type=float, default=2e-4)
@@ -332,17 +332,23 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="another params.yaml key (dotted, YAML value), e.g. --set train.lora_r=64; repeatable")
     ap.add_argument("--dry-run", action="store_true", help="CPU, a handful of items, 2 steps, 16 new tokens")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     a.sets = [s for s in a.sets.split(",") if s]
     a.padding_free = bool(a.padding_free)
-    models = [m for m in a.models.split(",") if m]
-    bad = [s for s in a.sets if s not in DEV_FILES] + [m for m in models if m not in MODELS]
+    a.models = [m for m in a.models.split(",") if m]
+    bad = [s for s in a.sets if s not in DEV_FILES] + [m for m in a.models if m not in MODELS]
     if bad:
         fail(f"unknown --sets/--models value {bad[0]!r}; sets: {', '.join(DEV_FILES)}; models: {', '.join(MODELS)}")
     if a.dry_run:
         a.max_new_tokens = a.label_max_new_tokens = 16
         a.max_eval_items, a.test_items, a.test_fraction, a.deadline_s, a.hsdpo_items = 4, 4, 0.2, 0, 3
         a.model = a.model or "embedded:smollm2-135m-instruct"
+    return a
+
+
+def main() -> None:
+    a = parse_args()
+    models = a.models
     if not a.model:
         fail("--model is required (the device's base model: /root/gpu/smollm2-135m-instruct)")
     data, dev = Path(a.data), Path(a.dev_dir)
@@ -421,7 +427,6 @@ def main() -> None:
                                   str(out / "train_hsdpo.json"), str(out / "loss_hsdpo.csv"))
             report["train"]["hsdpo"] = res["metrics"]
             clock.done("train_hsdpo", t)
-            write_report(out, report)  # a run killed during evaluation keeps its training metrics
         elif name in adapters:
             t = time.time()
             res = train(p, str(traces[name]), str(adapters[name]), str(out / f"train_{name}.json"),
@@ -431,7 +436,8 @@ def main() -> None:
                 "tokens_per_second", "mfu", "peak_memory_gb", "skipped_too_long", "balance")}
             log(f"class balance of the {name} examples: {res['metrics']['balance']}")
             clock.done(f"train_{name}", t)
-            write_report(out, report)  # a run killed during evaluation keeps its training metrics
+        if name in adapters:  # trained above: a run killed during evaluation keeps its training metrics
+            write_report(out, report)
         t = time.time()
         report["results"][name], report["speed"][name] = evaluate_model(
             p, suites, adapters.get(name), max_new[name], cache, out / "predictions", name)

@@ -51,5 +51,5 @@ def balance(rows: list[dict], safe_per_item: int, unsafe_share: float, seed: int
         # these two steps in two functions, is reproduced exactly
         random.Random(seed).shuffle(rows)
     stats.update(unsafe_added=added, rows=len(rows),
-                 unsafe_share_after=round(sum(r["classification"] == "UNSAFE" for r in rows) / max(len(rows), 1), 4))
+                 unsafe_share_after=round((len(unsafe) + added) / max(len(rows), 1), 4))
     return rows, stats

@@ -47,3 +47,25 @@ def test_the_same_seed_gives_the_same_rows_and_a_share_already_met_adds_none():
     few_safe = _rows(2, {0: POLICIES[:5], 1: POLICIES[:5]})  # 10 of 12 pairs UNSAFE
     out, st = balance(few_safe, -1, 0.3, seed=3)
     assert out == few_safe and st["unsafe_added"] == 0
+
+
+def test_per_policy_oversampling_lifts_each_policy_to_the_share():
+    # 12 items violate four policies each, one item self_harm: pooled, self_harm stays rare
+    unsafe_of = {i: ["violence", "hate_speech", "illegal", "harassment"] for i in range(12)}
+    unsafe_of[20] = ["self_harm"]
+    rows = _rows(40, unsafe_of)
+    pooled, _ = balance(rows, -1, 0.3, seed=5)
+    out, st = balance(rows, -1, 0.3, seed=5, per_policy=True)
+
+    def share(rs, q):
+        mine = [r for r in rs if r["policy"] == q]
+        return sum(r["classification"] == "UNSAFE" for r in mine) / len(mine)
+    assert share(pooled, "self_harm") < 0.1  # pooled: its one positive copied like the 48 others
+    for q in ("violence", "self_harm"):
+        assert abs(share(out, q) - 0.3) < 0.02, q
+    assert st["per_policy"] is True and st["unsafe_added_per_policy"]["self_harm"] == 16  # (0.3*40-1)/0.7
+    assert st["unsafe_added_per_policy"]["violence"] == 0  # 12 of 40: the share is met
+    assert st["unsafe_added_per_policy"]["sexual_minors"] == 0  # no positive: nothing to repeat
+    assert st["unsafe_added"] == len(out) - len(rows) == sum(st["unsafe_added_per_policy"].values())
+    assert {r["id"] for r in out if r["policy"] == "self_harm" and r["classification"] == "UNSAFE"} == {"s20"}
+    assert all(r in rows for r in out) and out == balance(rows, -1, 0.3, seed=5, per_policy=True)[0]

@@ -363,3 +363,7 @@ def test_export_adapter_choice(params, tmp_path):
     bal = {"rows_in": 48, "safe_per_item": 2, "unsafe_share": 0.3, "rows": 25, "unsafe_share_after": 0.32}
     card = model_card(params, None, train_metrics={"steps": 4, "epochs": 1.0, "examples": 25, "balance": bal})
     assert "over 25 (sample, policy) examples" in card and "48 trace rows -> 25 examples, 32% UNSAFE" in card
+    assert "of the examples: 48" in card and "of each policy" not in card
+    card = model_card(params, None, train_metrics={"steps": 4, "epochs": 1.0, "examples": 25,
+                                                   "balance": {**bal, "per_policy": True}})
+    assert "repeated to 0.3 of the examples of each policy: 48 trace rows" in card

@@ -10,6 +10,11 @@ steps, applied by train() to the rows it reads (the traces file itself is not re
    per step. A harmful item keeps SAFE pairs too: which policy it does NOT violate is the
    per-policy lesson.
 2. oversample: repeat UNSAFE pairs (whole copies) until they are `unsafe_share` of the examples.
+   With `per_policy` (train.balance_per_policy), each policy's UNSAFE pairs are repeated until
+   they are `unsafe_share` of that policy's examples. The pooled rule repeats every UNSAFE pair
+   alike, so a policy with few positives stays rare: in the sixth quality run (96 self_harm and
+   76 sexual_minors positives of 4,144 harmful items) the model never answered UNSAFE for
+   either policy on OpenAI moderation.
 
 Measured together (safe_per_item 2, unsafe_share 0.3, 12,000 items, one epoch) they gave the best
 harmful F1 of the quality runs; the two steps were not measured apart.
@@ -23,10 +28,21 @@ import random
 VERSION = 1
 
 
-def balance(rows: list[dict], safe_per_item: int, unsafe_share: float, seed: int) -> tuple[list[dict], dict]:
+def _copies(unsafe: list[dict], n: int, share: float) -> list[dict]:
+    """Whole copies of `unsafe` (cycled) so that they are `share` of n rows plus the copies."""
+    if not share or not unsafe or len(unsafe) / n >= share:
+        return []
+    # added extra UNSAFE copies: (u + added) / (N + added) = share
+    added = round((share * n - len(unsafe)) / (1 - share))
+    return [unsafe[i % len(unsafe)] for i in range(added)]
+
+
+def balance(rows: list[dict], safe_per_item: int, unsafe_share: float, seed: int,
+            per_policy: bool = False) -> tuple[list[dict], dict]:
     """(rows to train on, stats). safe_per_item -1 keeps every SAFE pair; unsafe_share 0 adds none.
-    Rows need `id` and `classification`; the order of the result is shuffled (seeded) only when
-    copies were added, so a run without oversampling keeps the file's order."""
+    Rows need `id` and `classification` (and `policy` with per_policy); the order of the result
+    is shuffled (seeded) only when copies were added, so a run without oversampling keeps the
+    file's order."""
     rng = random.Random(seed)
     stats = {"rows_in": len(rows), "safe_per_item": safe_per_item, "unsafe_share": unsafe_share}
     if safe_per_item >= 0:
@@ -42,11 +58,19 @@ def balance(rows: list[dict], safe_per_item: int, unsafe_share: float, seed: int
         stats["safe_dropped"] = len(drop)
     unsafe = [r for r in rows if r["classification"] == "UNSAFE"]
     stats["unsafe_share_before"] = round(len(unsafe) / max(len(rows), 1), 4)
-    added = 0
-    if unsafe_share and unsafe and len(unsafe) / len(rows) < unsafe_share:
-        # added extra UNSAFE copies: (u + added) / (N + added) = share
-        added = round((unsafe_share * len(rows) - len(unsafe)) / (1 - unsafe_share))
-        rows = rows + [unsafe[i % len(unsafe)] for i in range(added)]
+    if per_policy:
+        stats["per_policy"] = True
+        extra = []
+        for q in dict.fromkeys(r["policy"] for r in rows):  # policies in file order
+            mine = [r for r in rows if r["policy"] == q]
+            copies = _copies([r for r in mine if r["classification"] == "UNSAFE"], len(mine), unsafe_share)
+            stats.setdefault("unsafe_added_per_policy", {})[q] = len(copies)
+            extra += copies
+    else:
+        extra = _copies(unsafe, len(rows), unsafe_share)
+    added = len(extra)
+    if extra:
+        rows = rows + extra
         # a fresh generator per step: the order of bench/quality.py's fifth run, which made
         # these two steps in two functions, is reproduced exactly
         random.Random(seed).shuffle(rows)

@@ -135,6 +135,7 @@ class TrainParams:
     # (-1: all), then UNSAFE pairs repeated until they are this share (0: none added)
     safe_per_item: int = -1
     unsafe_share: float = 0.0
+    balance_per_policy: bool = False  # the share within each policy's examples, not over all of them
 
 
 @dataclass

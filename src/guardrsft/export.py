@@ -150,7 +150,8 @@ def model_card(p: Params, eval_metrics: Optional[dict], report: Optional[dict] =
         b = train_metrics.get("balance")
         if b:  # the examples above are after guardrsft.balance: say how they were drawn
             lines.append(f"- class balance: at most {b['safe_per_item']} SAFE pairs per sample (-1: all), UNSAFE "
-                         f"repeated to {b['unsafe_share']} of the examples: {b['rows_in']} trace rows -> "
+                         f"repeated to {b['unsafe_share']} of the examples"
+                         f"{' of each policy' if b.get('per_policy') else ''}: {b['rows_in']} trace rows -> "
                          f"{b['rows']} examples, {b['unsafe_share_after']:.0%} UNSAFE")
     if data_metrics:
         lines.append("- data: " + ", ".join(f"{s} {data_metrics[s]['samples']} samples" for s in ("train", "val", "test")

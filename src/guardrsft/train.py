@@ -341,7 +341,8 @@ def train(p: Params, traces_path: str, adapter_out: str, metrics_out: str, plot_
         raise TrainError(f"{traces_path}: no traces. Run the generate_traces stage first (`dvc repro`).")
     # the balanced rows are a function of the file and train.* (in the checkpoint key): same hash
     data_hash = hashlib.sha256(Path(traces_path).read_bytes()).hexdigest() + f":balance{balance_version}"
-    traces, balance_stats = balance(traces, p.train.safe_per_item, p.train.unsafe_share, p.seed)
+    traces, balance_stats = balance(traces, p.train.safe_per_item, p.train.unsafe_share, p.seed,
+                                    per_policy=p.train.balance_per_policy)
     base = resolve_base(p.model)
     plan = dist.plan(p, world)  # the global batch of the one-GPU run, split over the ranks
 

@@ -128,6 +128,36 @@ def test_engine_runs_after_a_training_patch_of_the_models_rotary(verdict_model, 
         assert torch.equal(got, ref)
 
 
+@pytest.mark.parametrize("attention,prefill", [("sdpa", "padded"), ("varlen", "packed")])
+def test_engine_samples_what_generate_samples(verdict_model, params, attention, prefill, monkeypatch):
+    # hard-sample mining on the engine: each draw is a function of the answer's seed and step
+    # (guardrsft.sampling), so the engine's slots (refilled, then compacted in the tail) draw
+    # exactly the plain path's answers, and the answers are really sampled
+    import torch.nn.attention.varlen as varlen
+
+    from guardrsft.fastgen import SlotEngine
+
+    monkeypatch.setattr(varlen, "varlen_attn", _reference_varlen)  # CUDA-only kernel, on the CPU
+    g = _guard(verdict_model, params, max_new=40)
+    items = [{"content": c} for c in CONTENTS]
+    plain = g.sample(items, 3, 1.5, 0.95, seed=1)
+    eng = SlotEngine(g.model, g.tok, rows=8, max_len=1000, width_step=32, sync_every=3, attention=attention,
+                     prefill=prefill)
+    calls = []
+
+    def on_engine(prompts, stream=None, sampling=None):
+        calls.append(sampling is not None)
+        return eng.generate(prompts, 40, sampling=sampling)
+    g._generate, g.cache, g.batch_size = on_engine, {}, 10_000
+    fast = g.sample(items, 3, 1.5, 0.95, seed=1)
+    assert calls == [True] and eng.stats["prompts"] == len(items) * len(g.p.policies) * 3
+    assert eng.stats["compactions"] >= 1
+    assert fast == plain
+    raws = [s["raw"] for r in plain for per in r["samples"].values() for s in per]
+    greedy = {t for r in g.classify(items) for t in r["raw"].values()}  # the engine, greedy again
+    assert len(set(raws)) > len(greedy) and eng.sampling is None
+
+
 def test_engine_refuses_a_prompt_longer_than_its_cache(tiny, params):
     from guardrsft.fastgen import SlotEngine
 

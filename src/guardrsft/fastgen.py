@@ -25,6 +25,11 @@ It reuses the model's own modules (projections, norms, MLP, rotary tables), so a
 or attached LoRA applies; only attention and the cache are ours. Llama-shaped decoders
 (llama, mistral without sliding window, qwen2) are supported; others use the plain path.
 On the CPU it runs the same code without graphs (the tests compare it with `generate`).
+
+Sampled decoding (hard-sample mining): `generate(..., sampling=(seeds, temperature, top_p))`
+draws each token with guardrsft.sampling.pick from the slot's seed and its step, the same
+draws as the plain path's; those steps run eagerly (no captured graphs: mining is a small
+share of the decoding, and the greedy graphs stay as they were measured).
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ import numpy as np
 
 from . import decode_attn
 from .prompts import verdict_complete
+from .sampling import pick
 
 SUPPORTED = ("llama", "mistral", "qwen2")
 ATTENTION = ("sdpa", "matmul", "varlen", "triton")
@@ -237,6 +243,8 @@ class SlotEngine:
         self.n_gen = torch.zeros(B, dtype=torch.long, device=dev)
         self.active = torch.zeros(B, dtype=torch.bool, device=dev)
         self.max_new = torch.zeros((), dtype=torch.long, device=dev)
+        self.seed = torch.zeros(B, dtype=torch.long, device=dev)  # each slot's sampling seed
+        self.sampling: Optional[tuple[float, float]] = None  # (temperature, top_p) while sampling
         self.out: Optional[object] = None
         self._graphs: dict[int, object] = {}
         self._pool = None
@@ -286,10 +294,20 @@ class SlotEngine:
         return q, k, v
 
     def _prefill(self, slots: list[int], prompts: list[list[int]]) -> object:
-        """Write the prompts' KV into their slots; returns each prompt's first new token."""
-        if self.prefill == "packed":
-            return self._prefill_packed(slots, prompts)
-        return self._prefill_padded(slots, prompts)
+        """Write the prompts' KV into their slots (whose seeds are set); returns each prompt's
+        first new token."""
+        fill = self._prefill_packed if self.prefill == "packed" else self._prefill_padded
+        logits = fill(slots, prompts)
+        if self.sampling is None:
+            return logits.argmax(-1)
+        idx = self.torch.tensor(slots, device=self.device)
+        return self._choose(logits, self.seed[idx], self.torch.zeros_like(idx))  # the first token: step 0
+
+    def _choose(self, logits, seeds, steps):
+        """The next token of each row: greedy, or drawn from (seed, step) while sampling."""
+        if self.sampling is None:
+            return logits.argmax(-1)
+        return pick(logits, seeds, steps, *self.sampling)
 
     def _prefill_padded(self, slots: list[int], prompts: list[list[int]]) -> object:
         torch = self.torch
@@ -315,8 +333,7 @@ class SlotEngine:
             attn = F.scaled_dot_product_attention(q, kk, vv, is_causal=True)
             x = _attn_out(layer, x, attn.transpose(1, 2).reshape(n, L, -1))
         last = x[torch.arange(n, device=self.device), torch.tensor(lens, device=self.device) - 1]
-        logits = self.model.lm_head(self.inner.norm(last))
-        return logits.argmax(-1)
+        return self.model.lm_head(self.inner.norm(last))  # logits; _prefill picks
 
     def _prefill_packed(self, slots: list[int], prompts: list[list[int]]) -> object:
         """The prompts back to back (no padding): each token's K/V goes straight into its slot's
@@ -362,7 +379,7 @@ class SlotEngine:
         inv = np.empty(len(order), dtype=np.int64)
         inv[order] = np.arange(len(order))
         last = last_sorted[torch.from_numpy(inv).to(dev)]  # back to the callers' order
-        return self.model.lm_head(self.inner.norm(last)).argmax(-1)
+        return self.model.lm_head(self.inner.norm(last))  # logits; _prefill picks
 
     def _packed_fails(self) -> Optional[str]:
         """Prefill two short prompts both ways: None if the packed path writes the same cache
@@ -468,8 +485,8 @@ class SlotEngine:
                 scores = scores.masked_fill(~mask, float("-inf"))
                 attn = torch.matmul(scores.softmax(-1).to(vc.dtype), vc)
             x = self._out(layer, x, attn.reshape(B, self.h * self.d))
-        nxt = self.model.lm_head(self.inner.norm(x)).argmax(-1)
         act, n_gen, out = self.active[:r], self.n_gen[:r], self.out[:r]
+        nxt = self._choose(self.model.lm_head(self.inner.norm(x)), self.seed[:r], n_gen)
         col = n_gen.clamp(max=out.shape[1] - 1)
         out[ar, col] = torch.where(act, nxt, out[ar, col])
         self.nl_seen[:r] |= act & self.nl_gpu[nxt]
@@ -514,7 +531,7 @@ class SlotEngine:
 
     def _run_step(self, width: int, r: int) -> None:
         torch = self.torch
-        if not self.graphs:
+        if not self.graphs or self.sampling is not None:
             with torch.inference_mode():
                 self._step(width, r)
             return
@@ -539,11 +556,14 @@ class SlotEngine:
         graph.replay()
 
     # ------------------------------------------------------------------ driver
-    def generate(self, prompts: list[list[int]], max_new_tokens: int,
-                 prefill_tokens: int = 65536) -> tuple[list[str], list[int]]:
+    def generate(self, prompts: list[list[int]], max_new_tokens: int, prefill_tokens: int = 65536,
+                 sampling: Optional[tuple[list[int], float, float]] = None) -> tuple[list[str], list[int]]:
         """Greedy completions (new text only, cut at the guard's stop rule) and their token
-        counts, in the order of `prompts`."""
+        counts, in the order of `prompts`; sampling = (one 32-bit seed per prompt, temperature,
+        top_p) draws them instead (guardrsft.sampling)."""
         torch = self.torch
+        seeds = sampling[0] if sampling else None
+        self.sampling = (float(sampling[1]), float(sampling[2])) if sampling else None
         longest = max(len(p) for p in prompts)
         if longest + max_new_tokens > self.max_len:
             raise ValueError(f"prompt of {longest} tokens + {max_new_tokens} new exceeds the engine's {self.max_len}")
@@ -584,8 +604,10 @@ class SlotEngine:
                     slots = [b for b, _ in group]
                     tp = time.perf_counter()
                     with torch.inference_mode():
-                        first = self._prefill(slots, [prompts[j] for _, j in group])
                         idx = torch.tensor(slots, device=self.device)
+                        if seeds is not None:
+                            self.seed[idx] = torch.tensor([seeds[j] for _, j in group], device=self.device)
+                        first = self._prefill(slots, [prompts[j] for _, j in group])
                         self.cur[idx] = first
                         self.out[idx, 0] = first
                         self.n_gen[idx] = 1
@@ -680,7 +702,7 @@ class SlotEngine:
                             c[d_t, :n] = c[s_t, :n]
                         else:
                             c[d_t, :, :n] = c[s_t, :, :n]
-                for t in (self.cur, self.pos, self.n_gen, self.active, self.out, self.nl_seen):
+                for t in (self.cur, self.pos, self.n_gen, self.active, self.out, self.nl_seen, self.seed):
                     t[d_t] = t[s_t]
                 self.active[s_t] = False
         for a, b in zip(src, dst):
@@ -725,11 +747,15 @@ def _generate_hf(model, tok, prompts: list[list[int]], max_new_tokens: int) -> t
 
 
 def generate_static(model, tok, prompts: list[list[int]], max_new_tokens: int, rows: int,
-                    width_step: int = 128) -> tuple[list[str], list[int]]:
+                    width_step: int = 128, sampling: Optional[tuple[list[int], float, float]] = None
+                    ) -> tuple[list[str], list[int]]:
     """Greedy completions (new text only) and new-token counts for any number of prompts,
-    decoded through `rows` slots. The engine (KV cache, captured graphs) is kept on the model
-    and reused while it is large enough."""
+    decoded through `rows` slots (sampled instead with `sampling`, see SlotEngine.generate).
+    The engine (KV cache, captured graphs) is kept on the model and reused while it is large
+    enough."""
     if supported(model) is not None:
+        if sampling is not None:
+            raise ValueError(f"the slot engine cannot sample this model ({supported(model)}): use the plain path")
         out = ([], [])
         for b in range(0, len(prompts), rows):
             t, c = _generate_hf(model, tok, prompts[b:b + rows], max_new_tokens)
@@ -753,4 +779,4 @@ def generate_static(model, tok, prompts: list[list[int]], max_new_tokens: int, r
                          sync_every=DEFAULTS["sync_every"], attention=attention, prefill=prefill, compile=compile_)
         model._guardrsft_engine = eng
     eng.sync_every = DEFAULTS["sync_every"]
-    return eng.generate(prompts, max_new_tokens)
+    return eng.generate(prompts, max_new_tokens, sampling=sampling)

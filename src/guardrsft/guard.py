@@ -14,9 +14,10 @@ Generation: (item, policy) prompts grouped by item, items sorted by prompt lengt
 padding, greedy, and a row stops as soon as its `Classification:` line is complete.
 
 Sampling (hard-sample mining, docs/HSDPO.md): `guard.sample(items, k, temperature, top_p, seed)`
-draws k answers per (item, policy) on the plain transformers path (CPU or GPU). Each answer
-has its own random generator, seeded from its cache key (which holds the seed and the sample
-index), so an answer does not depend on which other prompts share its batch: a resumed run
+draws k answers per (item, policy), on the slot engine where classify uses it (CUDA), else on
+transformers' `generate`. Each draw is a function of the answer's own seed (from its cache key,
+which holds the seed and the sample index) and its step only (guardrsft.sampling), so an answer
+does not depend on which other prompts share its batch or which backend drew it: a resumed run
 draws the same answers as an uninterrupted one.
 
 Resume: with `cache_path`, every finished batch is appended (fsynced) to a JSONL keyed by
@@ -38,6 +39,7 @@ from .config import Params
 from .io import append_jsonl, read_jsonl_tolerant
 from .models import check_device, load_model, load_tokenizer, resolve_base
 from .prompts import messages, parse_verdict, reasoning_of, verdict_complete
+from .sampling import pick, seed32
 
 # Greedy decoding and the stop rule (prompts.verdict_complete): an answer cut by an older rule
 # ("Classification: SAFE o" under v1) is not reused.
@@ -47,9 +49,9 @@ DECODING = "greedy/stop-at-verdict-line-v2"
 STATIC_CHUNK = 8
 SENTINEL = "\x00GUARDRSFT-CONTENT\x00"  # stands for the content when a chat prompt is rendered around it
 
-# Sampled answers: temperature, then top-p (nucleus), drawn per row from the row's own
-# generator (RowSampler); part of each sample's cache key.
-SAMPLING = "sample/temperature-top_p/row-generator-v1"
+# Sampled answers: temperature, then top-p (nucleus), each draw a hash of (row seed, step) through
+# the inverse CDF (guardrsft.sampling); part of each sample's cache key (v1: per-row generators).
+SAMPLING = "sample/temperature-top_p/hash-inverse-cdf-v2"
 
 # How an exchange is shown to the per-policy prompt's {content}. Part of the cache key
 # through the rendered text; changing it re-generates.
@@ -197,11 +199,13 @@ class Guard:
     def _generate(self, prompts: list[list[int]], stream: Optional[Callable[[str], None]] = None,
                   sampling: Optional[tuple[list[int], float, float]] = None) -> tuple[list[str], list[int]]:
         """Backend hook: greedy completions (new text only) and new-token counts, one per prompt.
-        sampling = (one seed per prompt, temperature, top_p) draws instead (plain path only)."""
-        if self.backend == "static" and stream is None and sampling is None:
-            from .fastgen import generate_static
+        sampling = (one 32-bit seed per prompt, temperature, top_p) draws instead."""
+        if self.backend == "static" and stream is None:
+            from .fastgen import generate_static, supported
 
-            return generate_static(self.model, self.tok, prompts, self.max_new_tokens, rows=self.batch_size)
+            if sampling is None or supported(self.model) is None:  # transformers' fallback: greedy only
+                return generate_static(self.model, self.tok, prompts, self.max_new_tokens, rows=self.batch_size,
+                                       sampling=sampling)
         import torch
         from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
@@ -222,7 +226,8 @@ class Guard:
                 return torch.tensor([verdict_complete(t) for t in new], device=input_ids.device)
 
         # sampling runs as greedy over logits that RowSampler reduced to its one drawn token
-        procs = LogitsProcessorList([row_sampler(*sampling, device=dev)]) if sampling else None
+        # (the slot engine draws the same tokens: guardrsft.sampling)
+        procs = LogitsProcessorList([row_sampler(*sampling, width=width, device=dev)]) if sampling else None
         with torch.inference_mode():
             out = self.model.generate(
                 input_ids=ids, attention_mask=mask, max_new_tokens=self.max_new_tokens, do_sample=False,
@@ -344,9 +349,10 @@ class Guard:
         todo.sort(key=lambda t: (len(ids[t[2]]), t[0]))
         cached = len(keys) - len(todo)
         gen_seconds, new_tokens = 0.0, 0
-        for b in range(0, len(todo), self.batch_size):
-            chunk = todo[b:b + self.batch_size]
-            seeds = [int(key[:15], 16) for _, _, key in chunk]
+        step = self.batch_size * (STATIC_CHUNK if self.backend == "static" else 1)  # as classify
+        for b in range(0, len(todo), step):
+            chunk = todo[b:b + step]
+            seeds = [seed32(key) for _, _, key in chunk]
             t0 = time.time()
             outs, counts = self._generate([ids[key] for _, _, key in chunk],
                                           sampling=(seeds, float(temperature), float(top_p)))
@@ -379,24 +385,20 @@ class Guard:
         return results
 
 
-def row_sampler(seeds: list[int], temperature: float, top_p: float, device=None):
-    """A logits processor that draws each row's next token from that row's own generator
-    (temperature, then top-p) and leaves only that token possible, so greedy decoding takes it.
-    Row i's draws depend on seeds[i] and its own logits only, never on the other rows."""
+def row_sampler(seeds: list[int], temperature: float, top_p: float, width: int, device=None):
+    """A logits processor that draws each row's next token (guardrsft.sampling.pick: temperature,
+    then top-p) and leaves only that token possible, so greedy decoding takes it. Row i's draws
+    depend on seeds[i], its step (tokens after the `width` prompt columns) and its own logits
+    only, never on the other rows: the slot engine draws the same tokens."""
     import torch
     from transformers import LogitsProcessor
 
-    gens = [torch.Generator(device=device or "cpu").manual_seed(s) for s in seeds]
+    seeds_t = torch.tensor(seeds, dtype=torch.long, device=device)
 
     class RowSampler(LogitsProcessor):
         def __call__(self, input_ids, scores):
-            probs = torch.softmax(scores.float() / temperature, dim=-1)
-            if top_p < 1:
-                sp, si = probs.sort(dim=-1, descending=True)
-                # keep the smallest prefix whose mass reaches top_p (the token crossing it included)
-                sp = sp.masked_fill(sp.cumsum(-1) - sp >= top_p, 0.0)
-                probs = torch.zeros_like(probs).scatter(-1, si, sp)
-            picks = torch.cat([torch.multinomial(probs[r], 1, generator=g) for r, g in enumerate(gens)])
+            steps = torch.full_like(seeds_t, input_ids.shape[1] - width)
+            picks = pick(scores, seeds_t, steps, temperature, top_p)
             return torch.full_like(scores, float("-inf")).scatter(-1, picks[:, None], 0.0)
 
     return RowSampler()

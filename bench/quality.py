@@ -348,7 +348,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main() -> None:
     a = parse_args()
-    models = a.models
     if not a.model:
         fail("--model is required (the device's base model: /root/gpu/smollm2-135m-instruct)")
     data, dev = Path(a.data), Path(a.dev_dir)
@@ -406,7 +405,7 @@ def main() -> None:
     traces = {"rsft": work / "traces/train.jsonl", "label_only": work / "traces_label/train.jsonl"}
     max_new = {"rsft": a.max_new_tokens, "base": a.max_new_tokens, "label_only": a.label_max_new_tokens,
                "hsdpo": a.max_new_tokens}
-    for name in models:  # in the order given: what matters most first, before the deadline
+    for name in a.models:  # in the order given: what matters most first, before the deadline
         need = estimate(clock.phases, name)
         if a.deadline_s and time.time() - clock.t0 + need > a.deadline_s:
             log(f"skipping {name}: ~{need:.0f} s more would pass --deadline-s {a.deadline_s} "

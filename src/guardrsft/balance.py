@@ -60,9 +60,11 @@ def balance(rows: list[dict], safe_per_item: int, unsafe_share: float, seed: int
     stats["unsafe_share_before"] = round(len(unsafe) / max(len(rows), 1), 4)
     if per_policy:
         stats["per_policy"] = True
+        by_policy: dict[str, list[dict]] = {}  # policies in file order
+        for r in rows:
+            by_policy.setdefault(r["policy"], []).append(r)
         extra = []
-        for q in dict.fromkeys(r["policy"] for r in rows):  # policies in file order
-            mine = [r for r in rows if r["policy"] == q]
+        for q, mine in by_policy.items():
             copies = _copies([r for r in mine if r["classification"] == "UNSAFE"], len(mine), unsafe_share)
             stats.setdefault("unsafe_added_per_policy", {})[q] = len(copies)
             extra += copies

@@ -238,6 +238,11 @@ class Guard:
         counts = (gen != pad).sum(dim=1).tolist()
         return tok.batch_decode(gen, skip_special_tokens=True), counts
 
+    def _prompts_per_call(self, stream=None) -> int:
+        """Prompts handed to one _generate call: the static backend refills finished slots
+        (continuous batching), so it gets several batches' worth at once."""
+        return self.batch_size * (STATIC_CHUNK if self.backend == "static" and stream is None else 1)
+
     def _result(self, item: dict, policies: list[str], keys: list[str]) -> dict:
         rows = [self.cache[k] for k in keys]
         return build_result(item, {q: r["raw"] for q, r in zip(policies, rows)},
@@ -286,9 +291,7 @@ class Guard:
             if ready:
                 on_batch(ready)
         gen_seconds, new_tokens, batches = 0.0, 0, 0
-        # the static backend refills finished slots (continuous batching): hand it several
-        # batches' worth at once; answers are still saved (and on_batch called) per chunk
-        step = self.batch_size * (STATIC_CHUNK if self.backend == "static" and stream is None else 1)
+        step = self._prompts_per_call(stream)  # answers are still saved (and on_batch called) per chunk
         for b in range(0, len(todo), step):
             chunk = todo[b:b + step]
             t0 = time.time()
@@ -349,7 +352,7 @@ class Guard:
         todo.sort(key=lambda t: (len(ids[t[2]]), t[0]))
         cached = len(keys) - len(todo)
         gen_seconds, new_tokens = 0.0, 0
-        step = self.batch_size * (STATIC_CHUNK if self.backend == "static" else 1)  # as classify
+        step = self._prompts_per_call()
         for b in range(0, len(todo), step):
             chunk = todo[b:b + step]
             seeds = [seed32(key) for _, _, key in chunk]

@@ -68,7 +68,7 @@ def test_unknown_nested_key_is_named(tmp_path, params_text):
     ("  safe_per_item: 2", "  safe_per_item: 0", "train.safe_per_item.*-1"),
     ("  safe_per_item: 2", "  safe_per_item: two", "train.safe_per_item"),
     ("  unsafe_share: 0.3", "  unsafe_share: 1.0", r"train.unsafe_share.*\[0, 1\)"),
-    ("  balance_per_policy: false", "  balance_per_policy: maybe", "train.balance_per_policy.*bool"),
+    ("  balance_per_policy: true", "  balance_per_policy: maybe", "train.balance_per_policy.*bool"),
 ])
 def test_bad_values_fail_with_the_key(tmp_path, params_text, old, new, pattern):
     assert old in params_text

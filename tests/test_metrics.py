@@ -55,6 +55,8 @@ def test_per_policy_precision_recall_differ():
     # exact: s1 and s4; binary: s1 ok, s2 fn, s3 fp, s4 ok, s5 failure -> wrong
     assert m["exact_match"] == 0.4 and m["binary_accuracy"] == 0.4
     assert m["benign_fpr"] == 0.5  # fp 1 (s3) / (fp 1 + tn 1 (s4))
+    # benign items s3, s4: violence flags s3 only; the unparsed s5 is harmful, so not counted
+    assert m["benign_flag_rate"] == {"violence": 0.5, "illegal": 0.0}
 
 
 def test_parse_failure_never_counts_as_correct():
@@ -85,6 +87,8 @@ def test_partially_known_gold_and_a_wider_harmful_label():
     assert m["confusion"] == {"tp": 1, "fp": 1, "fn": 1, "tn": 0}
     assert m["per_policy"]["illegal"] == {"precision": None, "recall": None, "f1": None, "support": 0, "items": 0}
     assert m["per_policy"]["violence"]["f1"] == 1.0 and m["macro_f1"] == 1.0  # unknown policy left out
+    # over-refusal per policy still counts the policy without gold: item 3 is benign, illegal fired
+    assert m["benign_flag_rate"] == {"violence": 0.0, "illegal": 1.0}
     # an item with no known policy is left out of exact match, not counted right or wrong
     m = compute([{"labels": [], "known": [], "harmful": False}], [res("SAFE", "SAFE")], POL)
     assert m["exact_match"] is None and m["exact_match_items"] == 0 and m["binary_accuracy"] == 1.0

@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import gc
 import gzip
+import hashlib
 import json
 import os
 import random
@@ -66,7 +67,8 @@ DEV_FILES = {"openai_moderation": "samples-1680.jsonl.gz", "toxicchat": "toxicch
              "openai_moderation_gr": "0_2_OpenAIModeration.json", "toxicchat_gr": "0_8_toxic_chat.json"}
 MODELS = ("rsft", "base", "label_only", "hsdpo")
 HEAD = ("samples", "positive", "harmful_f1", "harmful_precision", "harmful_recall", "parse_failure_rate",
-        "parse_failure_item_rate", "exact_match", "exact_match_items", "binary_accuracy", "benign_fpr", "macro_f1")
+        "parse_failure_item_rate", "exact_match", "exact_match_items", "binary_accuracy", "benign_fpr", "macro_f1",
+        "benign_flag_rate")
 
 
 def log(msg: str) -> None:
@@ -275,6 +277,25 @@ def write_report(out: Path, report: dict) -> None:
     write_text(out / "report.md", markdown(report))
 
 
+def adapter_key(p, traces: Path) -> str:
+    """train()'s own run key (its checkpoint folder's name): the resolved training params and the
+    traces file, so an adapter left in --work is reused only for the same run."""
+    from guardrsft.balance import VERSION
+    from guardrsft.train import checkpoint_dir
+
+    return checkpoint_dir(p, hashlib.sha256(traces.read_bytes()).hexdigest() + f":balance{VERSION}").name
+
+
+def reusable(adapter: Path, key: str) -> dict | None:
+    """The training metrics of a finished adapter in --work trained with this key, else None.
+    The adapter folder is written atomically by train(); its `<adapter>.json` after it."""
+    meta = adapter.with_name(adapter.name + ".json")
+    if not (adapter / "adapter_config.json").exists() or not meta.exists():
+        return None
+    m = json.loads(meta.read_text())
+    return m.get("train") if m.get("key") == key else None
+
+
 def label_only_traces(src: Path, dest: Path) -> int:
     """The R-SFT traces with the reasoning emptied: the same pairs, labels and prompts."""
     from guardrsft.io import read_jsonl, write_jsonl
@@ -331,6 +352,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="traces.teacher import from PATH (e.g. ../shared/data/guardreasoner_predictions)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="another params.yaml key (dotted, YAML value), e.g. --set train.lora_r=64; repeatable")
+    ap.add_argument("--retrain", action="store_true",
+                    help="train even when --work holds a finished adapter of the same params and traces")
     ap.add_argument("--dry-run", action="store_true", help="CPU, a handful of items, 2 steps, 16 new tokens")
     a = ap.parse_args(argv)
     a.sets = [s for s in a.sets.split(",") if s]
@@ -364,6 +387,7 @@ def main() -> None:
     os.environ["GUARDRSFT_BASE_MODEL"] = a.model  # params' model -> this folder
 
     from guardrsft import hsdpo
+    from guardrsft.io import write_json
     from guardrsft.pipeline import _generate_traces, _prepare
     from guardrsft.train import train
 
@@ -413,8 +437,9 @@ def main() -> None:
             report.setdefault("skipped", []).append(name)
             continue
         if name == "hsdpo":
-            if not (adapters["rsft"] / "adapter_config.json").exists():
-                log("skipping hsdpo: no R-SFT adapter in this run (--models must include rsft)")
+            if reusable(adapters["rsft"], adapter_key(p, traces["rsft"])) is None:
+                log("skipping hsdpo: no R-SFT adapter of these params in --work (put rsft before hsdpo in "
+                    "--models, or rerun with the --work and options of the run that trained it)")
                 continue
             t = time.time()
             report["hsdpo_mining"] = hsdpo.mine(p, str(mined_from), str(work / "hard"), str(out / "hard_samples.json"),
@@ -427,14 +452,22 @@ def main() -> None:
             report["train"]["hsdpo"] = res["metrics"]
             clock.done("train_hsdpo", t)
         elif name in adapters:
-            t = time.time()
-            res = train(p, str(traces[name]), str(adapters[name]), str(out / f"train_{name}.json"),
-                        str(out / f"loss_{name}.csv"))
-            report["train"][name] = {k: res["metrics"].get(k) for k in (
-                "examples", "steps", "epochs", "final_loss", "train_loss", "train_seconds", "samples_per_second",
-                "tokens_per_second", "mfu", "peak_memory_gb", "skipped_too_long", "balance")}
-            log(f"class balance of the {name} examples: {res['metrics']['balance']}")
-            clock.done(f"train_{name}", t)
+            key = adapter_key(p, traces[name])
+            done = None if a.retrain else reusable(adapters[name], key)
+            if done is not None:  # a finished run of the same params and data: evaluate it again
+                report["train"][name] = {**done, "reused": True}
+                log(f"reusing {adapters[name]} (same params and traces; --retrain to train again)")
+            else:
+                t = time.time()
+                res = train(p, str(traces[name]), str(adapters[name]), str(out / f"train_{name}.json"),
+                            str(out / f"loss_{name}.csv"))
+                report["train"][name] = {k: res["metrics"].get(k) for k in (
+                    "examples", "steps", "epochs", "final_loss", "train_loss", "train_seconds", "samples_per_second",
+                    "tokens_per_second", "mfu", "peak_memory_gb", "skipped_too_long", "balance")}
+                write_json(adapters[name].with_name(adapters[name].name + ".json"),
+                           {"key": key, "train": report["train"][name]})
+                log(f"class balance of the {name} examples: {res['metrics']['balance']}")
+                clock.done(f"train_{name}", t)
         if name in adapters:  # trained above: a run killed during evaluation keeps its training metrics
             write_report(out, report)
         t = time.time()

@@ -77,7 +77,8 @@ def log(msg: str) -> None:
 
 class Clock:
     def __init__(self):
-        self.t0, self.phases = time.time(), {}
+        # basis: a reused adapter's phase times from the run that made it, for estimate() only
+        self.t0, self.phases, self.basis = time.time(), {}, {}
 
     def done(self, name: str, since: float) -> None:
         self.phases[name] = round(time.time() - since, 1)
@@ -277,23 +278,37 @@ def write_report(out: Path, report: dict) -> None:
     write_text(out / "report.md", markdown(report))
 
 
+# resolved values that only evaluation or HS-DPO read: they do not change an R-SFT adapter
+NOT_TRAINING = ("resolved.eval_", "resolved.max_new_tokens", "resolved.hsdpo_")
+
+
 def adapter_key(p, traces: Path) -> str:
-    """train()'s own run key (its checkpoint folder's name): the resolved training params and the
-    traces file, so an adapter left in --work is reused only for the same run."""
+    """What an R-SFT / label-only adapter is a function of: train()'s run-key fields (train.*,
+    prompt, policies, lr, seed, preset, the resolved model, batch, length, device, dtype) without
+    the evaluation and HS-DPO ones, and the traces file's bytes."""
     from guardrsft.balance import VERSION
-    from guardrsft.train import checkpoint_dir
 
-    return checkpoint_dir(p, hashlib.sha256(traces.read_bytes()).hexdigest() + f":balance{VERSION}").name
+    keys = {k: v for k, v in p.resolved().items()
+            if (k.startswith(("train.", "resolved.", "prompt.", "policies.")) or k in ("lr", "seed", "preset"))
+            and not k.startswith(NOT_TRAINING)}
+    data = hashlib.sha256(traces.read_bytes()).hexdigest() + f":balance{VERSION}"
+    return hashlib.sha256(json.dumps([keys, data], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def reusable(adapter: Path, key: str) -> dict | None:
-    """The training metrics of a finished adapter in --work trained with this key, else None.
-    The adapter folder is written atomically by train(); its `<adapter>.json` after it."""
-    meta = adapter.with_name(adapter.name + ".json")
-    if not (adapter / "adapter_config.json").exists() or not meta.exists():
+def meta_path(adapter: Path) -> Path:
+    return adapter.with_name(adapter.name + ".json")
+
+
+def reusable(adapter: Path, key: str, retrain: bool = False) -> dict | None:
+    """The record (key, train metrics, loss CSV, phase times) of a finished adapter in --work
+    trained with this key, else None (also with --retrain). train() writes the adapter folder
+    atomically; the record is removed before training and written after it, so a record always
+    describes the adapter beside it."""
+    meta = meta_path(adapter)
+    if retrain or not (adapter / "adapter_config.json").exists() or not meta.exists():
         return None
     m = json.loads(meta.read_text())
-    return m.get("train") if m.get("key") == key else None
+    return m if m.get("key") == key else None
 
 
 def label_only_traces(src: Path, dest: Path) -> int:
@@ -387,7 +402,7 @@ def main() -> None:
     os.environ["GUARDRSFT_BASE_MODEL"] = a.model  # params' model -> this folder
 
     from guardrsft import hsdpo
-    from guardrsft.io import write_json
+    from guardrsft.io import write_json, write_text
     from guardrsft.pipeline import _generate_traces, _prepare
     from guardrsft.train import train
 
@@ -430,7 +445,7 @@ def main() -> None:
     max_new = {"rsft": a.max_new_tokens, "base": a.max_new_tokens, "label_only": a.label_max_new_tokens,
                "hsdpo": a.max_new_tokens}
     for name in a.models:  # in the order given: what matters most first, before the deadline
-        need = estimate(clock.phases, name)
+        need = estimate({**clock.basis, **clock.phases}, name)
         if a.deadline_s and time.time() - clock.t0 + need > a.deadline_s:
             log(f"skipping {name}: ~{need:.0f} s more would pass --deadline-s {a.deadline_s} "
                 f"(at {time.time() - clock.t0:.0f} s); rerun with --models {name} or smaller sizes")
@@ -453,21 +468,28 @@ def main() -> None:
             clock.done("train_hsdpo", t)
         elif name in adapters:
             key = adapter_key(p, traces[name])
-            done = None if a.retrain else reusable(adapters[name], key)
+            done = reusable(adapters[name], key, a.retrain)
             if done is not None:  # a finished run of the same params and data: evaluate it again
-                report["train"][name] = {**done, "reused": True}
-                log(f"reusing {adapters[name]} (same params and traces; --retrain to train again)")
+                report["train"][name] = {**done["train"], "reused": True, "trained_at": done.get("trained_at")}
+                write_json(out / f"train_{name}.json", done["train_metrics"])
+                write_text(out / f"loss_{name}.csv", done["loss_csv"])
+                clock.basis.update(done.get("phases", {}))
+                log(f"reusing {adapters[name]} (trained {done.get('trained_at')} with the same params and "
+                    "traces; --retrain to train again)")
             else:
+                meta_path(adapters[name]).unlink(missing_ok=True)  # no record may outlive its adapter
                 t = time.time()
                 res = train(p, str(traces[name]), str(adapters[name]), str(out / f"train_{name}.json"),
                             str(out / f"loss_{name}.csv"))
                 report["train"][name] = {k: res["metrics"].get(k) for k in (
                     "examples", "steps", "epochs", "final_loss", "train_loss", "train_seconds", "samples_per_second",
                     "tokens_per_second", "mfu", "peak_memory_gb", "skipped_too_long", "balance")}
-                write_json(adapters[name].with_name(adapters[name].name + ".json"),
-                           {"key": key, "train": report["train"][name]})
                 log(f"class balance of the {name} examples: {res['metrics']['balance']}")
                 clock.done(f"train_{name}", t)
+                write_json(meta_path(adapters[name]), {
+                    "key": key, "trained_at": time.strftime("%Y-%m-%d %H:%M"), "train": report["train"][name],
+                    "train_metrics": res["metrics"], "loss_csv": (out / f"loss_{name}.csv").read_text(),
+                    "phases": {f"train_{name}": clock.phases[f"train_{name}"]}})
         if name in adapters:  # trained above: a run killed during evaluation keeps its training metrics
             write_report(out, report)
         t = time.time()
@@ -476,6 +498,12 @@ def main() -> None:
         sp = report["speed"][name]
         sp["eval_seconds_per_1000_items"] = round(1000 * (time.time() - t) / max(n_items, 1), 1)
         clock.done(f"eval_{name}", t)
+        if name in traces and f"train_{name}" in clock.phases:
+            # trained here: record its evaluation time too, for a later reuse's estimate() (that
+            # run's evaluation comes from the predictions cache in seconds)
+            m = json.loads(meta_path(adapters[name]).read_text())
+            m["phases"][f"eval_{name}"] = clock.phases[f"eval_{name}"]
+            write_json(meta_path(adapters[name]), m)
         write_report(out, report)
     report["label_only_examples"] = n_label
     write_report(out, report)

@@ -1,4 +1,5 @@
-"""bench/quality.py's params overrides: --set reaches the validated Params, bad keys are named."""
+"""bench/quality.py: --set reaches the validated Params (bad keys named); an adapter left in
+--work is reused only when what it was trained from is the same."""
 import importlib.util
 import json
 import sys
@@ -48,29 +49,35 @@ def test_set_without_value_exits_2(quality, capsys):
 
 def test_finished_adapter_is_reused_only_for_the_same_params_and_traces(quality, tmp_path, monkeypatch):
     monkeypatch.setenv("GUARDRSFT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("GUARDRSFT_BASE_MODEL", "/root/gpu/smollm2-135m-instruct")
     traces = tmp_path / "train.jsonl"
     traces.write_text('{"id": "a"}\n')
-    p = quality.params_with(quality.overrides(args(quality)))
-    key = quality.adapter_key(p, traces)
-    # another lr, another seed, or other traces: another key
-    assert key != quality.adapter_key(quality.params_with(quality.overrides(args(quality, "--lr", "5e-4"))), traces)
-    assert key != quality.adapter_key(quality.params_with(quality.overrides(args(quality, "--seed", "1"))), traces)
-    assert key != quality.adapter_key(
-        quality.params_with(quality.overrides(args(quality, "--set", "train.balance_per_policy=false"))), traces)
+
+    def key(*argv, path=traces):
+        return quality.adapter_key(quality.params_with(quality.overrides(args(quality, *argv))), path)
+
+    k = key()
+    # what changes the trained adapter changes the key: lr, seed, a train.* key, the traces, the base
+    assert k != key("--lr", "5e-4") and k != key("--seed", "1") and k != key("--epochs", "1")
+    assert k != key("--set", "train.balance_per_policy=false")
     traces2 = tmp_path / "other.jsonl"
     traces2.write_text('{"id": "b"}\n')
-    assert key != quality.adapter_key(p, traces2)
-    assert key == quality.adapter_key(quality.params_with(quality.overrides(args(quality))), traces)
+    assert k != key(path=traces2)
+    monkeypatch.setenv("GUARDRSFT_BASE_MODEL", "/root/gpu/other-model")
+    assert k != key()
+    monkeypatch.setenv("GUARDRSFT_BASE_MODEL", "/root/gpu/smollm2-135m-instruct")
+    # evaluation and HS-DPO options do not: a second call may evaluate or mine differently
+    assert k == key("--max-new-tokens", "64", "--eval-batch", "64", "--test-items", "0", "--hsdpo-items", "400",
+                    "--set", "evaluate.max_new_tokens=10")
 
     adapter = tmp_path / "adapter_rsft"
-    assert quality.reusable(adapter, key) is None  # nothing trained yet
+    record = {"key": k, "train": {"steps": 986}, "train_metrics": {}, "loss_csv": "", "phases": {}}
+    assert quality.reusable(adapter, k) is None  # nothing trained yet
     adapter.mkdir()
-    (tmp_path / "adapter_rsft.json").write_text(json.dumps({"key": key, "train": {"steps": 986}}))
-    assert quality.reusable(adapter, key) is None  # a folder without adapter_config.json is unfinished
+    quality.meta_path(adapter).write_text(json.dumps(record))
+    assert quality.meta_path(adapter) == tmp_path / "adapter_rsft.json"
+    assert quality.reusable(adapter, k) is None  # a folder without adapter_config.json is unfinished
     (adapter / "adapter_config.json").write_text("{}")
-    assert quality.reusable(adapter, key) == {"steps": 986}
+    assert quality.reusable(adapter, k) == record
+    assert quality.reusable(adapter, k, retrain=True) is None  # --retrain
     assert quality.reusable(adapter, "0" * 16) is None  # trained with other params: train again
-
-
-def test_retrain_flag(quality):
-    assert args(quality).retrain is False and args(quality, "--retrain").retrain is True

@@ -66,6 +66,11 @@ def test_parse_failure_never_counts_as_correct():
     # a failure on a benign item is a false positive, so it raises the over-refusal rate
     m = compute([[]], [res("SAFE", None)], POL)
     assert m["benign_fpr"] == 1.0 and m["confusion"]["fp"] == 1
+    # ... but no policy flagged it: the failure is in parse_failure_*, not in a policy's flag rate
+    assert m["benign_flag_rate"] == {"violence": 0.0, "illegal": 0.0}
+    # no benign item: the flag rate is unknown, not zero
+    assert compute([["violence"]], [res("UNSAFE", "SAFE")], POL)["benign_flag_rate"] == {"violence": None,
+                                                                                      "illegal": None}
 
 
 def test_perfect():

@@ -1,3 +1,5 @@
+# As run on 2026-11-29, when params.yaml's train.balance_per_policy was still false (pooled): the
+# `pooled` line below has no --set for it. To repeat it now add --set train.balance_per_policy=false.
 # call 3: call 1's best recipe (C) with the pooled balance rule (isolates balance_per_policy), and with a third seed
 export PYTHONPATH=/root/site:$PWD/src HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 M=/root/gpu/smollm2-135m-instruct

@@ -22,6 +22,9 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+from guardrsft.io import jsonl_rows  # noqa: E402
+
 NO_POLICY = "(no policy: harm outside the six)"
 NO_GOLD = "(the set has no per-policy gold)"
 
@@ -52,7 +55,7 @@ def analyse(rows: list[dict]) -> dict:
 def read(path: Path) -> list[dict]:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        return [r for _, r in jsonl_rows(f.read(), path)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"error: {path}: not found (quality.py writes <out>/predictions/<model>.<set>.jsonl.gz)")
         try:
             out[str(path)] = analyse(read(path))
-        except (KeyError, json.JSONDecodeError) as e:
+        except (KeyError, ValueError) as e:  # ValueError: jsonl_rows names the bad line
             sys.exit(f"error: {path}: not a quality.py predictions file ({type(e).__name__}: {e})")
     print(json.dumps(out, indent=1))
 

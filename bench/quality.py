@@ -442,6 +442,7 @@ def main() -> None:
     adapters = {"rsft": work / "adapter_rsft", "label_only": work / "adapter_label_only",
                 "hsdpo": work / "adapter_hsdpo"}
     traces = {"rsft": work / "traces/train.jsonl", "label_only": work / "traces_label/train.jsonl"}
+    records = {}  # what this run trained: written beside each adapter (reusable())
     max_new = {"rsft": a.max_new_tokens, "base": a.max_new_tokens, "label_only": a.label_max_new_tokens,
                "hsdpo": a.max_new_tokens}
     for name in a.models:  # in the order given: what matters most first, before the deadline
@@ -486,10 +487,11 @@ def main() -> None:
                     "tokens_per_second", "mfu", "peak_memory_gb", "skipped_too_long", "balance")}
                 log(f"class balance of the {name} examples: {res['metrics']['balance']}")
                 clock.done(f"train_{name}", t)
-                write_json(meta_path(adapters[name]), {
+                records[name] = {
                     "key": key, "trained_at": time.strftime("%Y-%m-%d %H:%M"), "train": report["train"][name],
                     "train_metrics": res["metrics"], "loss_csv": (out / f"loss_{name}.csv").read_text(),
-                    "phases": {f"train_{name}": clock.phases[f"train_{name}"]}})
+                    "phases": {f"train_{name}": clock.phases[f"train_{name}"]}}
+                write_json(meta_path(adapters[name]), records[name])
         if name in adapters:  # trained above: a run killed during evaluation keeps its training metrics
             write_report(out, report)
         t = time.time()
@@ -498,12 +500,11 @@ def main() -> None:
         sp = report["speed"][name]
         sp["eval_seconds_per_1000_items"] = round(1000 * (time.time() - t) / max(n_items, 1), 1)
         clock.done(f"eval_{name}", t)
-        if name in traces and f"train_{name}" in clock.phases:
+        if name in records:
             # trained here: record its evaluation time too, for a later reuse's estimate() (that
             # run's evaluation comes from the predictions cache in seconds)
-            m = json.loads(meta_path(adapters[name]).read_text())
-            m["phases"][f"eval_{name}"] = clock.phases[f"eval_{name}"]
-            write_json(meta_path(adapters[name]), m)
+            records[name]["phases"][f"eval_{name}"] = clock.phases[f"eval_{name}"]
+            write_json(meta_path(adapters[name]), records[name])
         write_report(out, report)
     report["label_only_examples"] = n_label
     write_report(out, report)

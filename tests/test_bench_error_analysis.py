@@ -1,22 +1,14 @@
 """bench/error_analysis.py on hand-made prediction rows (quality.py's file format)."""
 import gzip
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
+from helpers_bench import bench_module
 
 
 @pytest.fixture(scope="module")
 def ea():
-    spec = importlib.util.spec_from_file_location("bench_error_analysis", ROOT / "bench/error_analysis.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop("bench_error_analysis", None)
+    yield from bench_module("error_analysis")
 
 
 def row(positive, gold, verdicts):

@@ -1,24 +1,16 @@
 """bench/quality.py: --set reaches the validated Params (bad keys named); an adapter left in
 --work is reused only when what it was trained from is the same."""
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
+from helpers_bench import bench_module
 
 from guardrsft.config import ParamsError
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def quality():
-    spec = importlib.util.spec_from_file_location("bench_quality", ROOT / "bench/quality.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop("bench_quality", None)
+    yield from bench_module("quality")
 
 
 def args(quality, *argv):

@@ -73,6 +73,10 @@ SAFE. Sources and how their labels map ("on a match": the keyword lexicon below 
   pairs will train on a real trace. Their prediction rows are copied to
   `<out folder>/gr_predictions/` (bench/quality.py --import-source that folder on the device).
 
+- The gold-harmful GuardReasonerTrain / GuardReasoner-prediction prompts the lexicon names no
+  policy for go to `<out>.unlabeled.json` (not trained on as such): bench/pseudo_label.py
+  lets a trained R-SFT model choose their policies (self-training; their harmfulness is gold).
+
 Not used: advbench,
 malicious_instruct and refusal_direction harmful_* (repetitive, no categories, duplicates of
 HarmBench/AdvBench), every development set.
@@ -592,12 +596,13 @@ def build(d: Path, n: int, harmful_share: float, seed: int, gr_harmful: str,
               "simplesafetytests": sst(d), "forbidden_questions": forbidden(d), "xstest": xstest(d),
               "alpaca": alpaca(d), "guardreasonertrain_sample": gr_sample(d, gr_harmful)}
     counts = Counter()
-    cands = []
+    cands, unknown = [], []
     for name, rows in loaded.items():
         for c in rows:
             counts[f"pool:{name}:{c['kind']}"] += 1
             if c["labels"] is None:
                 counts[f"skipped_unknown_policy:{c['source']}:{c.get('category', '')}"] += 1
+                unknown.append(c)
             else:
                 cands.append(c)
     imp = None
@@ -607,6 +612,7 @@ def build(d: Path, n: int, harmful_share: float, seed: int, gr_harmful: str,
             counts[f"pool:gr_predictions:{c['kind']}"] += 1
             if c["labels"] is None:
                 counts[f"skipped_unknown_policy:gr_predictions:{c['category']}"] += 1
+                unknown.append(c)
             else:
                 cands.append(c)
         imp = Importer(str(gr_pred))
@@ -615,10 +621,12 @@ def build(d: Path, n: int, harmful_share: float, seed: int, gr_harmful: str,
                  ("simplesafetytests", "forbidden_questions", "xstest", "harmbench") and len(c["content"]) < 400]
     payload_b = [c for c in cands if c["source"] == "alpaca"]
     cands += jailbreaks(d, payload_h, payload_b, round(n * jailbreak_share / 2), rng)
-    cands = dedupe(cands, dev_ids(d), counts)
+    dev = dev_ids(d)
+    cands = dedupe(cands, dev, counts)
     for c in cands:
         c.update(traced_pairs(c, imp))
     chosen = select(cands, n, harmful_share, rng)
+    unlabeled = unlabeled_harmful(unknown, dev | {c["id"] for c in cands}, counts)
     report = {"args": {"items": n, "harmful_share": harmful_share, "seed": seed, "gr_harmful": gr_harmful,
                        "jailbreak_share": jailbreak_share, "shared": str(d),
                        "gr_predictions": str(gr_pred) if gr_pred else None},
@@ -626,8 +634,29 @@ def build(d: Path, n: int, harmful_share: float, seed: int, gr_harmful: str,
               "real_traces": {"selected": trace_summary(chosen), "available": trace_summary(cands),
                               "importer": imp.prediction_counts if imp else None},
               "available_after_dedupe": summary(cands),
-              "filtering": dict(sorted(counts.items())), "lexicon_check": lexicon_check(cands)}
-    return chosen, report
+              "filtering": dict(sorted(counts.items())), "lexicon_check": lexicon_check(cands),
+              "unlabeled_harmful": dict(Counter(c["source"] for c in unlabeled))}
+    return chosen, report, unlabeled
+
+
+def unlabeled_harmful(unknown: list[dict], taken: set[str], counts: Counter) -> list[dict]:
+    """The gold-harmful prompts whose policies no rule names (GuardReasonerTrain harmful prompts
+    and GuardReasoner-prediction items the lexicon finds nothing in), for bench/pseudo_label.py:
+    their harmfulness is gold, so a trained model only has to say which policies. Categorized
+    sources are not among them (their skipped categories lie outside the six policies). Texts
+    in the dev sets or already candidates (`taken`), too long, or repeated are left out."""
+    out, seen = [], set()
+    for c in unknown:
+        if c["kind"] != "harmful" or c["source"] not in ("gr_harmful", "gr_predictions"):
+            continue
+        text = normalize_content(c["content"])
+        cid = content_id(text)
+        if len(text) > MAX_CHARS or cid in taken or cid in seen:
+            counts["unlabeled_left_out"] += 1
+            continue
+        seen.add(cid)
+        out.append({"id": cid, "content": text, "source": c["source"], "category": c.get("category", "")})
+    return out
 
 
 def stage_dev(d: Path, dest: Path) -> list[str]:
@@ -680,7 +709,7 @@ def main() -> None:
                               else "none")
     if gr != "none" and not Path(gr).is_dir():
         sys.exit(f"error: --gr-predictions {gr}: not a folder; pass the guardreasoner_predictions folder or `none`")
-    chosen, report = build(d, a.items, a.harmful_share, a.seed, a.gr_harmful, a.jailbreak_share,
+    chosen, report, unlabeled = build(d, a.items, a.harmful_share, a.seed, a.gr_harmful, a.jailbreak_share,
                            None if gr == "none" else Path(gr))
     out = Path(a.out)
     doc = {"samples": [{"id": c["id"], "content": c["content"], "labels": c["labels"], "source": c["source"]}
@@ -691,6 +720,8 @@ def main() -> None:
         samples, _ = load_notebook_file(tmp)  # the pipeline's own validation, before the rename
         if len(samples) != len(chosen):
             raise DataError(f"{out}: {len(chosen)} items written but {len(samples)} load back (duplicates?)")
+    with atomic_path(out.with_suffix(".unlabeled.json")) as tmp:  # bench/pseudo_label.py's input
+        tmp.write_text(json.dumps({"items": unlabeled}, ensure_ascii=False))
     if gr != "none":
         report["real_traces"]["staged"] = stage_traces(Path(gr), chosen, out.parent / "gr_predictions")
     if not a.no_dev:

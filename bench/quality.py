@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import gc
 import gzip
-import hashlib
 import json
 import os
 import random
@@ -283,16 +282,11 @@ NOT_TRAINING = ("resolved.eval_", "resolved.max_new_tokens", "resolved.hsdpo_")
 
 
 def adapter_key(p, traces: Path) -> str:
-    """What an R-SFT / label-only adapter is a function of: train()'s run-key fields (train.*,
-    prompt, policies, lr, seed, preset, the resolved model, batch, length, device, dtype) without
-    the evaluation and HS-DPO ones, and the traces file's bytes."""
-    from guardrsft.balance import VERSION
+    """What an R-SFT / label-only adapter is a function of: train()'s run key (guardrsft.train.run_key)
+    without the evaluation and HS-DPO values."""
+    from guardrsft.train import run_key, traces_hash
 
-    keys = {k: v for k, v in p.resolved().items()
-            if (k.startswith(("train.", "resolved.", "prompt.", "policies.")) or k in ("lr", "seed", "preset"))
-            and not k.startswith(NOT_TRAINING)}
-    data = hashlib.sha256(traces.read_bytes()).hexdigest() + f":balance{VERSION}"
-    return hashlib.sha256(json.dumps([keys, data], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return run_key(p, traces_hash(traces), exclude=NOT_TRAINING)
 
 
 def meta_path(adapter: Path) -> Path:

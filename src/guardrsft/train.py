@@ -82,11 +82,24 @@ def fp32_adapter(model) -> None:
             prm.data = prm.data.float()
 
 
-def checkpoint_dir(p: Params, data_hash: str) -> Path:
+def traces_hash(traces_path: str | Path) -> str:
+    # the balanced rows are a function of the file and train.* (in the run key): same hash
+    return hashlib.sha256(Path(traces_path).read_bytes()).hexdigest() + f":balance{balance_version}"
+
+
+def run_key(p: Params, data_hash: str, exclude: tuple[str, ...] = ()) -> str:
+    """What a training run is a function of: train.*, prompt, policies, lr, seed, preset, the
+    resolved values (model, batch, length, device, dtype), and its data (traces_hash). `exclude`:
+    resolved-key prefixes that do not change this run's result (bench/quality.py leaves out the
+    evaluation and HS-DPO ones to recognize a finished adapter)."""
     keys = {k: v for k, v in p.resolved().items()
-            if k.startswith(("train.", "resolved.", "prompt.", "policies.")) or k in ("lr", "seed", "preset")}
-    h = hashlib.sha256(json.dumps([keys, data_hash], sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return cache_dir() / "checkpoints" / h
+            if (k.startswith(("train.", "resolved.", "prompt.", "policies.")) or k in ("lr", "seed", "preset"))
+            and not k.startswith(exclude)}
+    return hashlib.sha256(json.dumps([keys, data_hash], sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def checkpoint_dir(p: Params, data_hash: str) -> Path:
+    return cache_dir() / "checkpoints" / run_key(p, data_hash)
 
 
 def peak_memory_gb() -> float:
@@ -339,8 +352,7 @@ def train(p: Params, traces_path: str, adapter_out: str, metrics_out: str, plot_
     traces = read_jsonl(traces_path)
     if not traces:
         raise TrainError(f"{traces_path}: no traces. Run the generate_traces stage first (`dvc repro`).")
-    # the balanced rows are a function of the file and train.* (in the checkpoint key): same hash
-    data_hash = hashlib.sha256(Path(traces_path).read_bytes()).hexdigest() + f":balance{balance_version}"
+    data_hash = traces_hash(traces_path)
     traces, balance_stats = balance(traces, p.train.safe_per_item, p.train.unsafe_share, p.seed,
                                     per_policy=p.train.balance_per_policy)
     base = resolve_base(p.model)
@@ -382,6 +394,7 @@ def train(p: Params, traces_path: str, adapter_out: str, metrics_out: str, plot_
     trainer.add_callback(throughput_callback(plan["global_batch"], plan["grad_accum"], n_params, counter, world))
 
     last = last_checkpoint(ckpt)
+    start_step = int(Path(last).name.split("-")[1]) if last else 0
     if last and main:
         print(f"[train] resuming from {last}", file=sys.stderr, flush=True)
     if torch.cuda.is_available():
@@ -403,12 +416,14 @@ def train(p: Params, traces_path: str, adapter_out: str, metrics_out: str, plot_
         "final_loss": hist[-1]["loss"] if hist else None,
         "train_loss": out.training_loss, "steps": trainer.state.global_step,
         "epochs": round(trainer.state.epoch or 0, 4), "examples": len(keep), "skipped_too_long": skipped,
-        "samples_per_second": round(trainer.state.global_step * plan["global_batch"] / max(wall, 1e-9), 3),
+        # after a resume, wall and tokens cover this process's steps only: so must samples/s
+        "samples_per_second": round((trainer.state.global_step - start_step) * plan["global_batch"]
+                                    / max(wall, 1e-9), 3),
         "tokens": tokens, "tokens_per_second": round(tps, 1), "mfu": None if util is None else round(util, 4),
         "base_params": n_params, "train_seconds": round(wall, 1), "peak_memory_gb": round(peak_memory_gb(), 3),
         "padding_free": p.padding_free, "gradient_checkpointing": p.gradient_checkpointing,
         "liger": cfg.use_liger_kernel, "torch_compile": p.train.torch_compile,
-        "resumed": bool(last), "device": p.hw["device"], "base_model": p.model,
+        "resumed": bool(last), "resumed_from_step": start_step, "device": p.hw["device"], "base_model": p.model,
         "distributed": p.train.distributed if world > 1 else "none", "processes": world,
         "global_batch": plan["global_batch"], "grad_accum_per_process": plan["grad_accum"],
         "balance": balance_stats,

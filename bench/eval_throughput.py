@@ -14,6 +14,9 @@ Same (item, policy) prompts, greedy decoding, one process:
   on rows that wrote a newline. Run cold (graph capture included) and warm on the --items
   prompts, then warm on --big-items items (the steady state of a long evaluation).
 Verdict agreement and identical text are per (item, policy) between naive_guard and ours.
+--sample K adds ours sampling (guard.sample: K answers per pair at T 0.7, top-p 0.95, the
+HS-DPO mining call) on the --big-items items, after the greedy big run: its new tokens/s beside
+the greedy steady state of the same run.
 """
 from __future__ import annotations
 
@@ -42,6 +45,21 @@ def run(guard, items, backend: str, batch: int) -> tuple[list[dict], dict]:
     st["parse_error_rate"] = round(sum(r["is_parse_error"] for r in res) / len(res), 4)
     print(json.dumps(st), flush=True)
     return res, st
+
+
+def sample_run(guard, items, batch: int, k: int) -> dict:
+    """guard.sample as HS-DPO mining calls it (hsdpo.k, temperature, top_p defaults), cache off."""
+    guard.backend, guard.batch_size, guard.cache, guard.cache_path = "static", batch, {}, None
+    t0 = time.perf_counter()
+    res = guard.sample(items, k, 0.7, 0.95, seed=3407)
+    wall = time.perf_counter() - t0
+    answers = [s for r in res for ss in r["samples"].values() for s in ss]
+    new = sum(s["new_tokens"] for s in answers)
+    st = {"backend": "static", "sampled": True, "k": k, "batch": batch, "answers": len(answers), "new_tokens": new,
+          "wall_seconds": round(wall, 2), "new_tokens_per_second": round(new / wall, 1),
+          "parse_error_rate": round(sum(s["is_parse_error"] for s in answers) / len(answers), 4)}
+    print(json.dumps(st), flush=True)
+    return st
 
 
 def naive_generate(guard, items, batch: int) -> dict:
@@ -86,6 +104,8 @@ def main() -> None:
                     help="extra big-set runs of ours, e.g. 'matmul:8,triton:8:padded' "
                          "(attention:sync_every[:prefill])")
     ap.add_argument("--only-ours", action="store_true", help="skip the naive baselines (tuning runs)")
+    ap.add_argument("--sample", type=int, default=0, metavar="K",
+                    help="also time guard.sample (K answers per pair, T 0.7, top-p 0.95) on --big-items items")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     import torch
@@ -115,6 +135,7 @@ def main() -> None:
     _, s_cold = run(guard, items, "static", a.batch)
     ours, s_warm = run(guard, items, "static", a.batch)
     s_big = run(guard, every[:a.big_items], "static", a.batch)[1] if a.big_items else None
+    s_sample = sample_run(guard, every[:a.big_items], a.batch, a.sample) if a.sample and a.big_items else None
     best_naive = max(s_gen["new_tokens_per_second"], s_naive["new_tokens_per_second"])
     pairs = [(q, x["verdicts"][q], y["verdicts"][q]) for x, y in zip(naive, ours) for q in x["verdicts"]]
     same = sum(v1 == v2 for _, v1, v2 in pairs)
@@ -122,6 +143,9 @@ def main() -> None:
         device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (dry run)", date=time.strftime("%Y-%m-%d"), model=a.model, adapter=a.adapter,
         items=len(items), policies=len(p.policies), max_new_tokens=a.max_new_tokens, load_seconds=round(load_s, 1),
         variants=variants, naive_generate=s_gen, naive_guard=s_naive, ours_cold=s_cold, ours_warm=s_warm, ours_big=s_big,
+        ours_sampled=s_sample,
+        sampled_vs_greedy_big=round(s_sample["new_tokens_per_second"] / s_big["new_tokens_per_second"], 3)
+        if s_sample and s_big else None,
         speedup_warm_vs_best_naive=round(s_warm["new_tokens_per_second"] / best_naive, 2),
         speedup_big_vs_best_naive=round(s_big["new_tokens_per_second"] / best_naive, 2) if s_big else None,
         speedup_cold_vs_best_naive=round(s_cold["new_tokens_per_second"] / best_naive, 2),

@@ -645,18 +645,12 @@ def unlabeled_harmful(unknown: list[dict], taken: set[str], counts: Counter) -> 
     their harmfulness is gold, so a trained model only has to say which policies. Categorized
     sources are not among them (their skipped categories lie outside the six policies). Texts
     in the dev sets or already candidates (`taken`), too long, or repeated are left out."""
-    out, seen = [], set()
-    for c in unknown:
-        if c["kind"] != "harmful" or c["source"] not in ("gr_harmful", "gr_predictions"):
-            continue
-        text = normalize_content(c["content"])
-        cid = content_id(text)
-        if len(text) > MAX_CHARS or cid in taken or cid in seen:
-            counts["unlabeled_left_out"] += 1
-            continue
-        seen.add(cid)
-        out.append({"id": cid, "content": text, "source": c["source"], "category": c.get("category", "")})
-    return out
+    mine = [dict(c, labels=[]) for c in unknown
+            if c["kind"] == "harmful" and c["source"] in ("gr_harmful", "gr_predictions")]
+    kept = dedupe(mine, taken, Counter())  # its own counter: these are not candidates
+    counts["unlabeled_left_out"] += len(mine) - len(kept)
+    return [{"id": c["id"], "content": c["content"], "source": c["source"], "category": c.get("category", "")}
+            for c in kept]
 
 
 def stage_dev(d: Path, dest: Path) -> list[str]:

@@ -14,8 +14,8 @@ Same (item, policy) prompts, greedy decoding, one process:
   on rows that wrote a newline. Run cold (graph capture included) and warm on the --items
   prompts, then warm on --big-items items (the steady state of a long evaluation).
 Verdict agreement and identical text are per (item, policy) between naive_guard and ours.
---sample K adds ours sampling (guard.sample: K answers per pair at T 0.7, top-p 0.95, the
-HS-DPO mining call) on the --big-items items, after the greedy big run: its new tokens/s beside
+--sample K adds ours sampling (guard.sample: K answers per pair at hsdpo.temperature / top_p,
+0.7 / 0.95 in params.yaml: the HS-DPO mining call) on the --big-items items, after the greedy big run: its new tokens/s beside
 the greedy steady state of the same run.
 """
 from __future__ import annotations
@@ -48,10 +48,11 @@ def run(guard, items, backend: str, batch: int) -> tuple[list[dict], dict]:
 
 
 def sample_run(guard, items, batch: int, k: int) -> dict:
-    """guard.sample as HS-DPO mining calls it (hsdpo.k, temperature, top_p defaults), cache off."""
+    """guard.sample as HS-DPO mining calls it (params.yaml's hsdpo.temperature / top_p, seed), cache off."""
     guard.backend, guard.batch_size, guard.cache, guard.cache_path = "static", batch, {}, None
+    h = guard.p.hsdpo
     t0 = time.perf_counter()
-    res = guard.sample(items, k, 0.7, 0.95, seed=3407)
+    res = guard.sample(items, k, h.temperature, h.top_p, seed=guard.p.seed)
     wall = time.perf_counter() - t0
     answers = [s for r in res for ss in r["samples"].values() for s in ss]
     new = sum(s["new_tokens"] for s in answers)
@@ -105,7 +106,7 @@ def main() -> None:
                          "(attention:sync_every[:prefill])")
     ap.add_argument("--only-ours", action="store_true", help="skip the naive baselines (tuning runs)")
     ap.add_argument("--sample", type=int, default=0, metavar="K",
-                    help="also time guard.sample (K answers per pair, T 0.7, top-p 0.95) on --big-items items")
+                    help="also time guard.sample (K answers per pair, hsdpo.temperature / top_p) on --big-items items")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     import torch

@@ -2,19 +2,22 @@
 
 Tested with (CPU dry run; on the device with --model /root/gpu/smollm2-135m-instruct and a
 bench/quality.py --work's adapter_rsft):
-  .venv/bin/python bench/pseudo_label.py --dry-run --adapter /tmp/q/adapter_rsft --out /tmp/pl/train.json
+  .venv/bin/python bench/pseudo_label.py --dry-run --adapter /tmp/q/adapter_rsft --out /tmp/pl/pseudo.json
 
-bench/build_quality_data.py leaves out the GuardReasonerTrain harmful prompts (WildGuardTrain,
-BeaverTails, Aegis, ToxicChat) its lexicon names no policy for: their harmfulness is gold, their
-policies unknown, and a wrong SAFE for the right policy would teach the model to miss them. They
-go to `<data>.unlabeled.json`; here the model trained on the labelled items says which policies:
+bench/build_quality_data.py leaves out the gold-harmful prompts its lexicon names no policy for
+(GuardReasonerTrain's WildGuardTrain / BeaverTails / Aegis / ToxicChat harmful prompts, and
+GuardReasoner-prediction items): their harmfulness is gold, their policies unknown, and a wrong
+SAFE for the right policy would teach the model to miss them. They go to
+`<data>.unlabeled.json`; here the model trained on the labelled items says which policies:
 - the policies its greedy answer flags;
-- for an item it flags under none, k sampled answers per policy (temperature, seeded): the
-  policies with the most UNSAFE samples, if any has one;
-- an item with no UNSAFE anywhere is left out and counted (the model has no policy to give it).
-The labelled items are added to --data's (source `pseudo:<source>`) and the result written,
-validated like any training file, to --out (atomic) with `<out>.counts.json`; bench/quality.py
---data <out> trains on it.
+- for an item it flags under none (or whose answer did not parse), --k sampled answers per
+  policy (temperature, seeded): the policies with the most UNSAFE samples, if that is at least
+  --min-votes;
+- any other item is left out and counted (the model has no policy to give it).
+The labelled items (source `pseudo:<source>`) are written, validated like any training file, to
+--out (atomic) with `<out>.counts.json`; `bench/quality.py --extra-train <out>` adds them to the
+train split only (the test split stays --data's). The params must be the adapter's run's:
+pass the same --set options (prompt and policies are what matter here).
 """
 from __future__ import annotations
 
@@ -32,16 +35,18 @@ from guardrsft.data import load_notebook_file  # noqa: E402
 from guardrsft.io import atomic_path, write_json  # noqa: E402
 
 
-def policies_of(verdicts: dict, unsafe_samples: dict | None) -> list[str] | None:
-    """The pseudo-label of one item: greedy flags, else the most-UNSAFE-sampled policies, else None."""
+def policies_of(verdicts: dict, unsafe_samples: dict | None, min_votes: int = 1) -> list[str] | None:
+    """The pseudo-label of one item: greedy flags, else the most-UNSAFE-sampled policies (at least
+    min_votes UNSAFE samples; ties all kept), else None."""
     flagged = sorted(q for q, v in verdicts.items() if v == "UNSAFE")
     if flagged or not unsafe_samples:
         return flagged or None
     top = max(unsafe_samples.values())
-    return sorted(q for q, n in unsafe_samples.items() if n == top) if top > 0 else None
+    return sorted(q for q, n in unsafe_samples.items() if n == top) if top >= max(min_votes, 1) else None
 
 
-def label(guard, items: list[dict], k: int, temperature: float, seed: int) -> tuple[list, Counter]:
+def label(guard, items: list[dict], k: int, temperature: float, seed: int,
+          min_votes: int = 1) -> tuple[list, Counter]:
     res = guard.classify([{"content": it["content"]} for it in items], progress=True)
     unflagged = [i for i, r in enumerate(res) if r["verdict"] != "UNSAFE"]
     counts: dict[int, dict] = {}
@@ -51,7 +56,7 @@ def label(guard, items: list[dict], k: int, temperature: float, seed: int) -> tu
                   for i, r in zip(unflagged, sampled)}
     out, stats = [], Counter()
     for i, (it, r) in enumerate(zip(items, res)):
-        labels = policies_of(r["verdicts"], counts.get(i))
+        labels = policies_of(r["verdicts"], counts.get(i), min_votes)
         how = "greedy" if r["verdict"] == "UNSAFE" else ("sampled" if labels else "left_out")
         stats[how] += 1
         if labels:
@@ -64,49 +69,53 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None, help="base model folder (device: /root/gpu/smollm2-135m-instruct)")
     ap.add_argument("--adapter", required=True, help="the R-SFT adapter (bench/quality.py --work/adapter_rsft)")
-    ap.add_argument("--data", default=str(quality.ROOT / ".gpu/d/quality/train.json"))
-    ap.add_argument("--unlabeled", default=None, help="default: <data>.unlabeled.json")
-    ap.add_argument("--out", required=True, help="the training file to write (notebook format)")
+    ap.add_argument("--unlabeled", default=str(quality.ROOT / ".gpu/d/quality/train.unlabeled.json"),
+                    help="bench/build_quality_data.py's <out>.unlabeled.json")
+    ap.add_argument("--out", required=True, help="the labelled items (notebook format), for quality.py --extra-train")
     ap.add_argument("--k", type=int, default=8, help="samples per policy for items greedy flags under none (0: off)")
+    ap.add_argument("--min-votes", type=int, default=2, help="UNSAFE samples a policy needs to label an item")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--eval-batch", type=int, default=512)
     ap.add_argument("--max-new-tokens", type=int, default=192)
     ap.add_argument("--seed", type=int, default=3407)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="params.yaml keys as given to the bench/quality.py run that trained --adapter")
     ap.add_argument("--dry-run", action="store_true", help="CPU, 4 items, 16 new tokens")
     a = ap.parse_args()
-    data = Path(a.data)
-    unl = Path(a.unlabeled or data.with_suffix(".unlabeled.json"))
-    for f in (data, unl, Path(a.adapter)):
+    if a.k < 0 or a.min_votes < 1 or a.temperature <= 0:
+        quality.fail("--k must be >= 0, --min-votes >= 1 and --temperature > 0")
+    unl = Path(a.unlabeled)
+    for f in (unl, Path(a.adapter)):
         if not f.exists():
-            quality.fail(f"{f}: not found (bench/build_quality_data.py writes the data files; bench/quality.py "
-                         "--work holds adapter_rsft)")
+            quality.fail(f"{f}: not found (bench/build_quality_data.py writes <out>.unlabeled.json; "
+                         "bench/quality.py --work holds adapter_rsft)")
+    items = json.loads(unl.read_text())["items"][: 4 if a.dry_run else None]
+    if not items:
+        quality.fail(f"{unl}: no items to label")
     qargs = ["--out", str(Path(a.out).parent), "--eval-batch", str(a.eval_batch), "--seed", str(a.seed),
-             "--max-new-tokens", str(a.max_new_tokens)] + (["--dry-run"] if a.dry_run else ["--model", a.model or ""])
+             "--max-new-tokens", str(a.max_new_tokens)] + [x for kv in a.set for x in ("--set", kv)]
+    qargs += (["--dry-run"] if a.dry_run else []) + (["--model", a.model] if a.model else [])
     qa = quality.parse_args(qargs)
     if not qa.model:
         quality.fail("--model is required (the device's base model: /root/gpu/smollm2-135m-instruct)")
     os.environ["GUARDRSFT_BASE_MODEL"] = qa.model
     p = quality.params_with(quality.overrides(qa))
-    items = json.loads(unl.read_text())["items"][: 4 if a.dry_run else None]
 
     from guardrsft.guard import load_guard
 
     guard = load_guard(p.model, adapter=a.adapter, params=p, max_new_tokens=qa.max_new_tokens,
                        batch_size=p.eval_batch_size)
-    labelled, stats = label(guard, items, a.k, a.temperature, a.seed)
-    doc = json.loads(data.read_text())
-    doc["samples"] += labelled
-    doc.setdefault("metadata", {})["pseudo_labelled_by"] = {"adapter": str(a.adapter), "k": a.k,
-                                                            "temperature": a.temperature, "seed": a.seed}
+    labelled, stats = label(guard, items, a.k, a.temperature, a.seed, a.min_votes)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    made = {"adapter": str(a.adapter), "unlabeled": str(unl), "k": a.k, "min_votes": a.min_votes,
+            "temperature": a.temperature, "seed": a.seed, "set": a.set}
     with atomic_path(out) as tmp:
-        tmp.write_text(json.dumps(doc, ensure_ascii=False))
-        samples, _ = load_notebook_file(tmp)  # the pipeline's own validation, before the rename
-    report = {"unlabeled": len(items), "added": len(labelled), "items": len(samples), **dict(sorted(stats.items()))}
-    old = data.with_suffix(".counts.json")
-    write_json(out.with_suffix(".counts.json"), {"pseudo_labels": report, **(
-        {"base_selected": json.loads(old.read_text()).get("selected")} if old.exists() else {})})
+        tmp.write_text(json.dumps({"samples": labelled, "metadata": {"built_by": "bench/pseudo_label.py", **made}},
+                                  ensure_ascii=False))
+        load_notebook_file(tmp)  # the pipeline's own validation, before the rename
+    report = {"unlabeled": len(items), "added": len(labelled), **dict(sorted(stats.items())), "args": made}
+    write_json(out.with_suffix(".counts.json"), report)
     print(json.dumps(report, indent=1))
 
 

@@ -313,6 +313,29 @@ def label_only_traces(src: Path, dest: Path) -> int:
     return write_jsonl(dest, rows)
 
 
+def add_extra_train(p, extra: Path, prepared: Path) -> dict:
+    """Append a notebook-format file's items (bench/pseudo_label.py's) to the prepared TRAIN split
+    only: the test split stays the one --data alone gives, so runs with and without them are
+    scored on the same items, and no extra item is scored against its own (model-made) label."""
+    from guardrsft.data import DataError, counts, load_notebook_file
+    from guardrsft.io import read_jsonl, write_jsonl
+
+    rows, _ = load_notebook_file(str(extra), list(p.policies))
+    rows = [{k: v for k, v in r.items() if k != "index"} for r in rows]
+    train = read_jsonl(prepared / "train.jsonl")
+    taken = {r["id"] for name in ("train", "val", "test") for r in read_jsonl(prepared / f"{name}.jsonl")}
+    clash = [r["id"] for r in rows if r["id"] in taken]
+    if clash:
+        raise DataError(f"{extra}: {len(clash)} items are already in --data (e.g. id {clash[0]}); "
+                        "--extra-train takes only new items")
+    write_jsonl(prepared / "train.jsonl", train + rows)
+    log(f"--extra-train: {len(rows)} items from {extra} added to the train split ({len(train)} -> "
+        f"{len(train) + len(rows)})")
+    extra_counts = extra.with_suffix(".counts.json")
+    return {"file": str(extra), "items": len(rows), "labels": counts(rows, list(p.policies)),
+            "made_by": json.loads(extra_counts.read_text()) if extra_counts.exists() else None}
+
+
 def dry_subset(data: Path, dest: Path, n: int, seed: int) -> Path:
     """A few items of the real file (every label group), for the CPU dry run."""
     from guardrsft.data import subsample
@@ -330,6 +353,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--data", default=str(ROOT / ".gpu/d/quality/train.json"),
                     help="bench/build_quality_data.py output")
     ap.add_argument("--dev-dir", default=str(ROOT / ".gpu/d/quality/dev"))
+    ap.add_argument("--extra-train", default=None, metavar="FILE",
+                    help="more items (notebook format, e.g. bench/pseudo_label.py's) for the train split only")
     ap.add_argument("--out", required=True, help="report.json, report.md, predictions/, train metrics")
     ap.add_argument("--work", default="/tmp/guardrsft-quality", help="prepared data, traces, adapters, caches")
     ap.add_argument("--sets", default="openai_moderation,toxicchat_gr",
@@ -383,6 +408,8 @@ def main() -> None:
     if not a.model:
         fail("--model is required (the device's base model: /root/gpu/smollm2-135m-instruct)")
     data, dev = Path(a.data), Path(a.dev_dir)
+    if a.extra_train and not Path(a.extra_train).exists():
+        fail(f"--extra-train {a.extra_train}: not found (bench/pseudo_label.py writes it)")
     if not data.exists():
         fail(f"{data}: not found; build it here with `.venv/bin/python bench/build_quality_data.py` "
              "(and carry .gpu/d to the device)")
@@ -418,6 +445,8 @@ def main() -> None:
 
     t = time.time()
     report["prepare"] = _prepare(p, str(data), str(work / "prepared"), str(work / "metrics/data.json"))
+    if a.extra_train:
+        report["extra_train"] = add_extra_train(p, Path(a.extra_train), work / "prepared")
     suites = dev_suites(p, a)
     suites.append(test_suite(p, work / "prepared/test.jsonl"))
     report["sets"] = {s["name"]: s["report"] for s in suites}

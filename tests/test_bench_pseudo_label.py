@@ -26,6 +26,10 @@ def test_policies_of(pl):
         ["illegal", "violence"]
     assert pl.policies_of({"violence": "SAFE"}, {"violence": 0, "illegal": 0}) is None
     assert pl.policies_of({"violence": "SAFE"}, None) is None
+    assert pl.policies_of({}, {}) is None
+    # min_votes: one UNSAFE sample of k is not enough when two are asked for
+    assert pl.policies_of({"violence": "SAFE"}, {"violence": 1, "illegal": 1}, min_votes=2) is None
+    assert pl.policies_of({"violence": "SAFE"}, {"violence": 2, "illegal": 1}, min_votes=2) == ["violence"]
 
 
 class ScriptedGuard:
@@ -35,9 +39,10 @@ class ScriptedGuard:
 
     def classify(self, items, progress=False):
         out = []
-        for it in items:
+        for it in items:  # the guard's rule: any UNSAFE, else None when a policy did not parse, else SAFE
             v = self.greedy[it["content"]]
-            out.append({"verdicts": v, "verdict": "UNSAFE" if "UNSAFE" in v.values() else "SAFE"})
+            out.append({"verdicts": v, "verdict": "UNSAFE" if "UNSAFE" in v.values() else
+                        (None if None in v.values() else "SAFE")})
         return out
 
     def sample(self, items, k, temperature, top_p, seed):
@@ -47,18 +52,23 @@ class ScriptedGuard:
 
 
 def test_label_greedy_sampled_left_out(pl):
-    items = [{"id": c, "content": c, "source": "gr_harmful"} for c in ("a", "b", "c")]
+    items = [{"id": c, "content": c, "source": "gr_harmful"} for c in ("a", "b", "c", "d")]
     g = ScriptedGuard({"a": {"violence": "UNSAFE", "illegal": "SAFE"}, "b": {"violence": "SAFE", "illegal": "SAFE"},
-                       "c": {"violence": "SAFE", "illegal": "SAFE"}},
-                      {"b": {"violence": 1, "illegal": 3}, "c": {"violence": 0, "illegal": 0}})
+                       "c": {"violence": "SAFE", "illegal": "SAFE"}, "d": {"violence": None, "illegal": "SAFE"}},
+                      {"b": {"violence": 1, "illegal": 3}, "c": {"violence": 0, "illegal": 0},
+                       "d": {"violence": 2, "illegal": 0}})
     out, stats = pl.label(g, items, k=4, temperature=1.0, seed=1)
-    assert g.sampled == ["b", "c"]  # only the items greedy flags under no policy
+    assert g.sampled == ["b", "c", "d"]  # the items greedy flags under no policy, an unparsed one too
     assert [(r["id"], r["labels"], r["source"]) for r in out] == \
-        [("a", ["violence"], "pseudo:gr_harmful"), ("b", ["illegal"], "pseudo:gr_harmful")]
-    assert stats == Counter({"greedy": 1, "sampled": 1, "left_out": 1, "policy:violence": 1, "policy:illegal": 1})
+        [("a", ["violence"], "pseudo:gr_harmful"), ("b", ["illegal"], "pseudo:gr_harmful"),
+         ("d", ["violence"], "pseudo:gr_harmful")]
+    assert stats == Counter({"greedy": 1, "sampled": 2, "left_out": 1, "policy:violence": 2, "policy:illegal": 1})
+    # min_votes 3: b's illegal (3 of 4) stays, d's violence (2 of 4) does not
+    out, _ = pl.label(ScriptedGuard(g.greedy, g.samples), items, k=4, temperature=1.0, seed=1, min_votes=3)
+    assert [r["id"] for r in out] == ["a", "b"]
     # k = 0: no sampling, the unflagged are left out
     out, stats = pl.label(ScriptedGuard(g.greedy, {}), items, k=0, temperature=1.0, seed=1)
-    assert [r["id"] for r in out] == ["a"] and stats["left_out"] == 2
+    assert [r["id"] for r in out] == ["a"] and stats["left_out"] == 3
 
 
 def test_unlabeled_harmful(bq):

@@ -73,3 +73,29 @@ def test_finished_adapter_is_reused_only_for_the_same_params_and_traces(quality,
     assert quality.reusable(adapter, k) == record
     assert quality.reusable(adapter, k, retrain=True) is None  # --retrain
     assert quality.reusable(adapter, "0" * 16) is None  # trained with other params: train again
+
+
+def test_extra_train_items_go_to_the_train_split_only(quality, tmp_path, monkeypatch):
+    from guardrsft.data import DataError
+    from guardrsft.io import read_jsonl
+    from guardrsft.pipeline import _prepare
+
+    monkeypatch.setenv("GUARDRSFT_BASE_MODEL", "/root/gpu/smollm2-135m-instruct")
+    p = quality.params_with(quality.overrides(args(quality, "--test-fraction", "0.25")))
+    base = [{"content": f"base item {i}", "labels": ["violence"] if i % 2 else []} for i in range(16)]
+    (tmp_path / "data.json").write_text(json.dumps({"samples": base}))
+    _prepare(p, str(tmp_path / "data.json"), str(tmp_path / "prep"), str(tmp_path / "m.json"))
+    test_before = (tmp_path / "prep/test.jsonl").read_text()
+    n_train = len(read_jsonl(tmp_path / "prep/train.jsonl"))
+    extra = [{"content": f"pseudo item {i}", "labels": ["illegal"], "source": "pseudo:gr_harmful"} for i in range(3)]
+    (tmp_path / "pseudo.json").write_text(json.dumps({"samples": extra}))
+    (tmp_path / "pseudo.counts.json").write_text(json.dumps({"added": 3}))
+    rep = quality.add_extra_train(p, tmp_path / "pseudo.json", tmp_path / "prep")
+    train = read_jsonl(tmp_path / "prep/train.jsonl")
+    assert len(train) == n_train + 3 and {r["content"] for r in train[-3:]} == {e["content"] for e in extra}
+    assert (tmp_path / "prep/test.jsonl").read_text() == test_before  # the same test items as --data alone
+    assert rep["items"] == 3 and rep["labels"]["policy_illegal"] == 3 and rep["made_by"] == {"added": 3}
+    # an item already in --data (any split) is refused, by name
+    (tmp_path / "dup.json").write_text(json.dumps({"samples": [base[0]]}))
+    with pytest.raises(DataError, match="dup.json.*already in --data"):
+        quality.add_extra_train(p, tmp_path / "dup.json", tmp_path / "prep")

@@ -507,7 +507,8 @@ def main() -> None:
                             str(out / f"loss_{name}.csv"))
                 report["train"][name] = {k: res["metrics"].get(k) for k in (
                     "examples", "steps", "epochs", "final_loss", "train_loss", "train_seconds", "samples_per_second",
-                    "tokens_per_second", "mfu", "peak_memory_gb", "skipped_too_long", "balance")}
+                    "tokens_per_second", "mfu", "peak_memory_gb", "skipped_too_long", "balance", "resumed",
+                    "resumed_from_step")}
                 log(f"class balance of the {name} examples: {res['metrics']['balance']}")
                 clock.done(f"train_{name}", t)
                 records[name] = {

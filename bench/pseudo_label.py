@@ -80,6 +80,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=3407)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="params.yaml keys as given to the bench/quality.py run that trained --adapter")
+    ap.add_argument("--cache", default=None, help="answers cache (default: <out>.answers.jsonl); a rerun resumes")
     ap.add_argument("--dry-run", action="store_true", help="CPU, 4 items, 16 new tokens")
     a = ap.parse_args()
     if a.k < 0 or a.min_votes < 1 or a.temperature <= 0:
@@ -103,8 +104,11 @@ def main() -> None:
 
     from guardrsft.guard import load_guard
 
+    # answers are appended to the cache after every batch: a run cut short (a device call's
+    # time limit) resumes where it stopped; the key holds the adapter's fingerprint and the prompt
+    cache = Path(a.cache or Path(a.out).with_suffix(".answers.jsonl"))
     guard = load_guard(p.model, adapter=a.adapter, params=p, max_new_tokens=qa.max_new_tokens,
-                       batch_size=p.eval_batch_size)
+                       batch_size=p.eval_batch_size, cache_path=str(cache))
     labelled, stats = label(guard, items, a.k, a.temperature, a.seed, a.min_votes)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -114,7 +118,8 @@ def main() -> None:
         tmp.write_text(json.dumps({"samples": labelled, "metadata": {"built_by": "bench/pseudo_label.py", **made}},
                                   ensure_ascii=False))
         load_notebook_file(tmp)  # the pipeline's own validation, before the rename
-    report = {"unlabeled": len(items), "added": len(labelled), **dict(sorted(stats.items())), "args": made}
+    report = {"unlabeled": len(items), "added": len(labelled), **dict(sorted(stats.items())), "args": made,
+              "last_call": guard.last_stats}  # the sampling call's answers (cached / generated), else classify's
     write_json(out.with_suffix(".counts.json"), report)
     print(json.dumps(report, indent=1))
 

@@ -323,7 +323,7 @@ def add_extra_train(p, extra: Path, prepared: Path) -> dict:
     rows, _ = load_notebook_file(str(extra), list(p.policies))
     rows = [{k: v for k, v in r.items() if k != "index"} for r in rows]
     train = read_jsonl(prepared / "train.jsonl")
-    taken = {r["id"] for name in ("train", "val", "test") for r in read_jsonl(prepared / f"{name}.jsonl")}
+    taken = {r["id"] for r in train + read_jsonl(prepared / "val.jsonl") + read_jsonl(prepared / "test.jsonl")}
     clash = [r["id"] for r in rows if r["id"] in taken]
     if clash:
         raise DataError(f"{extra}: {len(clash)} items are already in --data (e.g. id {clash[0]}); "

@@ -388,9 +388,8 @@ def train_dpo(p: Params, pairs_path: str, adapter_in: str, adapter_out: str, met
     from datasets import Dataset
     from peft import PeftModel
     from transformers import set_seed
-    from transformers.trainer_utils import get_last_checkpoint
 
-    from .train import fp32_adapter, peak_memory_gb
+    from .train import fp32_adapter, last_checkpoint, peak_memory_gb
 
     set_seed(p.seed)
     path = resolve_base(base_name)
@@ -413,7 +412,7 @@ def train_dpo(p: Params, pairs_path: str, adapter_in: str, adapter_out: str, met
         raise HsdpoError("TRL did not create a reference adapter; the reference would be the base model")
     fp32_adapter(trainer.model)
     trainer.data_collator = _WeightCollator(trainer.data_collator)
-    last = get_last_checkpoint(str(ckpt)) if ckpt.exists() else None
+    last = last_checkpoint(ckpt)
     if last:
         print(f"[hsdpo] resuming from {last}", file=sys.stderr, flush=True)
     t0 = time.time()

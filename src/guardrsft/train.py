@@ -295,6 +295,11 @@ def process_setup(p: Params, world: int) -> tuple[dict, dict]:
     return hw, extra
 
 
+def checkpoint_step(path: str | Path) -> int:
+    """The global step of a Trainer checkpoint folder `checkpoint-<step>`."""
+    return int(Path(path).name.split("-")[1])
+
+
 def last_checkpoint(ckpt: Path) -> str | None:
     """The newest *complete* checkpoint: Trainer writes trainer_state.json last, so a folder
     without it was cut short by a kill (transformers' get_last_checkpoint would pick it)."""
@@ -302,7 +307,7 @@ def last_checkpoint(ckpt: Path) -> str | None:
 
     done = [d for d in ckpt.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", d.name)
             and (d / "trainer_state.json").exists()] if ckpt.exists() else []
-    return str(max(done, key=lambda d: int(d.name.split("-")[1]))) if done else None
+    return str(max(done, key=checkpoint_step)) if done else None
 
 
 def _save_adapter(trainer, tok, p: Params, adapter_out: str, sharded: bool) -> None:
@@ -394,7 +399,7 @@ def train(p: Params, traces_path: str, adapter_out: str, metrics_out: str, plot_
     trainer.add_callback(throughput_callback(plan["global_batch"], plan["grad_accum"], n_params, counter, world))
 
     last = last_checkpoint(ckpt)
-    start_step = int(Path(last).name.split("-")[1]) if last else 0
+    start_step = checkpoint_step(last) if last else 0
     if last and main:
         print(f"[train] resuming from {last}", file=sys.stderr, flush=True)
     if torch.cuda.is_available():

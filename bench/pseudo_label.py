@@ -108,7 +108,7 @@ def main() -> None:
     # time limit) resumes where it stopped; the key holds the adapter's fingerprint and the prompt
     cache = Path(a.cache or Path(a.out).with_suffix(".answers.jsonl"))
     guard = load_guard(p.model, adapter=a.adapter, params=p, max_new_tokens=qa.max_new_tokens,
-                       batch_size=p.eval_batch_size, cache_path=str(cache))
+                       batch_size=p.eval_batch_size, cache_path=str(cache), backend="auto")  # it samples
     labelled, stats = label(guard, items, a.k, a.temperature, a.seed, a.min_votes)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

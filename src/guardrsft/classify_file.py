@@ -113,7 +113,7 @@ def _too_long(guard, policies: list[str]) -> Callable[[str], Optional[str]]:
     """A check that the longest policy prompt plus the answer fits the model's context window."""
     from .prompts import messages
 
-    ctx = getattr(guard.model.config, "max_position_embeddings", None)
+    ctx = getattr(guard.config, "max_position_embeddings", None)
     if not ctx:
         return lambda text: None
     p = guard.p

@@ -162,6 +162,7 @@ class EvaluateParams:
     batch_size: Optional[int] = None
     max_new_tokens: Optional[int] = None
     processes: Optional[int] = None  # items sharded over this many processes (null: one per visible GPU)
+    backend: str = "auto"  # auto: the slot engine on CUDA, transformers on CPU | vllm (greedy; guardrsft.vllm_backend)
     benchmarks: list = field(default_factory=list)  # names from benchmark_sets to evaluate too
     benchmark_sets: dict[str, BenchmarkParams] = field(default_factory=dict)
 
@@ -478,6 +479,8 @@ def _check_ranges(p: Params) -> None:
     need(e.max_samples is None or e.max_samples >= 0, "evaluate.max_samples", "must be null, 0 (all) or > 0")
     need(e.batch_size is None or e.batch_size > 0, "evaluate.batch_size", "must be null or > 0")
     need(e.max_new_tokens is None or e.max_new_tokens > 0, "evaluate.max_new_tokens", "must be null or > 0")
+    need(e.backend in ("auto", "vllm"), "evaluate.backend",
+         f"must be auto (the slot engine on CUDA, transformers on CPU) or vllm (got {e.backend!r})")
     _check_benchmarks(p, need)
     x = p.export
     need(x.adapter in ("auto", "rsft", "hsdpo"), "export.adapter", f"must be auto, rsft or hsdpo, got {x.adapter!r}")

@@ -37,7 +37,7 @@ from typing import Callable, Optional
 
 from .config import Params
 from .io import append_jsonl, read_jsonl_tolerant
-from .models import check_device, load_model, load_tokenizer, resolve_base
+from .models import ModelError, check_device, load_model, load_tokenizer, resolve_base
 from .prompts import messages, parse_verdict, reasoning_of, verdict_complete
 from .sampling import pick, seed32
 
@@ -107,13 +107,14 @@ def _fingerprint(path: Optional[str]) -> str:
 
 class Guard:
     def __init__(self, model, tokenizer, params: Params, fingerprint: str,
-                 max_new_tokens: int, batch_size: int, cache_path: Optional[str] = None):
-        self.model, self.tok, self.p = model, tokenizer, params
+                 max_new_tokens: int, batch_size: int, cache_path: Optional[str] = None, engine=None):
+        self.model, self.tok, self.p, self.engine = model, tokenizer, params, engine
         self.fingerprint, self.max_new_tokens, self.batch_size = fingerprint, max_new_tokens, batch_size
         self.cache_path = cache_path
-        # "static": fastgen's compiled static-cache decoding (GPU); "plain": transformers' generate
-        self.backend = "static" if getattr(model, "device", None) is not None and model.device.type == "cuda" \
-            else "plain"
+        # "static": fastgen's compiled static-cache decoding (GPU); "plain": transformers' generate;
+        # "vllm": a vllm_backend.VllmEngine (evaluate.backend: vllm; model is None then)
+        self.backend = "vllm" if engine is not None else "static" \
+            if getattr(model, "device", None) is not None and model.device.type == "cuda" else "plain"
         self.cache = {r["key"]: r for r in read_jsonl_tolerant(cache_path) if "key" in r} if cache_path else {}
         self.last_stats: dict = {}
         # strings the tokenizer turns into single control tokens wherever they appear
@@ -200,6 +201,15 @@ class Guard:
                   sampling: Optional[tuple[list[int], float, float]] = None) -> tuple[list[str], list[int]]:
         """Backend hook: greedy completions (new text only) and new-token counts, one per prompt.
         sampling = (one 32-bit seed per prompt, temperature, top_p) draws instead."""
+        if self.backend == "vllm":
+            if sampling is not None:
+                raise ModelError("Guard.sample draws seeded samples token by token (guardrsft.sampling) and the "
+                                 "vllm backend is greedy only: load the guard with backend='auto' for sampling "
+                                 "(HS-DPO mining and bench/pseudo_label.py do, whatever evaluate.backend says)")
+            texts, counts = self.engine.generate(prompts, self.max_new_tokens)
+            if stream is not None:  # vLLM's offline API does not stream: the whole answer at once
+                stream(texts[0])
+            return texts, counts
         if self.backend == "static" and stream is None:
             from .fastgen import generate_static, supported
 
@@ -241,7 +251,12 @@ class Guard:
     def _prompts_per_call(self, stream=None) -> int:
         """Prompts handed to one _generate call: the static backend refills finished slots
         (continuous batching), so it gets several batches' worth at once."""
-        return self.batch_size * (STATIC_CHUNK if self.backend == "static" and stream is None else 1)
+        return self.batch_size * (STATIC_CHUNK if self.backend in ("static", "vllm") and stream is None else 1)
+
+    @property
+    def config(self):
+        """The model's transformers config (context length and the like), whichever backend."""
+        return self.engine.config if self.engine is not None else self.model.config
 
     def _result(self, item: dict, policies: list[str], keys: list[str]) -> dict:
         rows = [self.cache[k] for k in keys]
@@ -409,13 +424,28 @@ def row_sampler(seeds: list[int], temperature: float, top_p: float, width: int, 
 
 def load_guard(base: str, adapter: Optional[str] = None, params: Optional[Params] = None,
                max_new_tokens: Optional[int] = None, batch_size: Optional[int] = None,
-               cache_path: Optional[str] = None, merge: bool = True) -> Guard:
-    """base: `embedded:NAME`, a Hub id or a local HF folder; adapter: a PEFT folder or None."""
+               cache_path: Optional[str] = None, merge: bool = True, backend: Optional[str] = None) -> Guard:
+    """base: `embedded:NAME`, a Hub id or a local HF folder; adapter: a PEFT folder or None;
+    backend: params' evaluate.backend when None (auto: the slot engine on CUDA, else transformers;
+    vllm: guardrsft.vllm_backend)."""
     from .config import load_params
 
     p = params or load_params()
+    backend = backend or p.evaluate.backend
+    if backend not in ("auto", "vllm"):
+        raise ValueError(f"load_guard: backend must be auto or vllm (got {backend!r})")
     check_device(p.hw["device"], p.preset)
     path = resolve_base(base)
+    kw = dict(max_new_tokens=max_new_tokens or p.max_new_tokens, batch_size=batch_size or p.eval_batch_size,
+              cache_path=cache_path)
+    if backend == "vllm":
+        from .vllm_backend import VllmEngine, merged_folder, require_vllm
+
+        require_vllm()  # before minutes of merging
+        fp = f"{_fingerprint(path)}:{_fingerprint(adapter)}"
+        folder = merged_folder(path, adapter, p.hw["dtype"], fp) if adapter else path
+        tok = load_tokenizer(folder, padding_side="left")
+        return Guard(None, tok, p, fingerprint=fp, engine=VllmEngine(folder, tok, p.hw["dtype"], p.seed), **kw)
     # left padding: generation appends on the right of every row
     tok = load_tokenizer(adapter if adapter and (Path(adapter) / "tokenizer_config.json").exists() else path,
                          padding_side="left")
@@ -428,6 +458,4 @@ def load_guard(base: str, adapter: Optional[str] = None, params: Optional[Params
         if merge:
             model = model.merge_and_unload()  # ~20% faster decoding than an attached adapter
     model.eval()
-    return Guard(model, tok, p, fingerprint=f"{_fingerprint(path)}:{_fingerprint(adapter)}",
-                 max_new_tokens=max_new_tokens or p.max_new_tokens, batch_size=batch_size or p.eval_batch_size,
-                 cache_path=cache_path)
+    return Guard(model, tok, p, fingerprint=f"{_fingerprint(path)}:{_fingerprint(adapter)}", **kw)

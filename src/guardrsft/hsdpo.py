@@ -159,8 +159,9 @@ def mine(p: Params, traces_path: str, out_dir: str, metrics_out: str, *, adapter
     samples_of: dict[int, dict] = {}
     gen = Counter()
     n_proc = resolve_processes(p.evaluate.processes)
+    # backend auto: the samples come from guardrsft.sampling's own draw, whatever evaluate.backend says
     guard = None if n_proc > 1 else load_guard(base or p.model, adapter=adapter, params=p, max_new_tokens=max_new,
-                                               cache_path=cache)
+                                               cache_path=cache, backend="auto")
     for policies, idx in groups.items():
         batch = [{"content": items[i]["content"]} for i in idx]
         if guard is None:  # one process per GPU (evaluate.processes); answers equal one process's
@@ -221,7 +222,7 @@ def sample_worker(items: list, shard: dict, base: str, adapter: Optional[str], p
     from .config import load_params
 
     p = load_params(params_path)
-    guard = shard_guard(shard, base, adapter, p, cache_dir, read_also, max_new_tokens=max_new_tokens)
+    guard = shard_guard(shard, base, adapter, p, cache_dir, read_also, max_new_tokens=max_new_tokens, backend="auto")
     h = p.hsdpo
     res = guard.sample(items, h.k, h.temperature, h.top_p, p.seed, policies=policies, progress=True)
     return res, {k: guard.last_stats.get(k, 0) for k in ("generated_answers", "cached_answers", "new_tokens")}

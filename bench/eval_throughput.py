@@ -17,6 +17,9 @@ Verdict agreement and identical text are per (item, policy) between naive_guard 
 --sample K adds ours sampling (guard.sample: K answers per pair at hsdpo.temperature / top_p,
 0.7 / 0.95 in params.yaml: the HS-DPO mining call) on the --big-items items, after the greedy big run: its new tokens/s beside
 the greedy steady state of the same run.
+--vllm adds evaluate.backend vllm (guardrsft.vllm_backend) on the --big-items items after ours'
+model is freed: new tokens/s and verdict agreement with ours' big run; recorded as skipped, with
+the reason, where vllm is not installed (this workplace's GPU: docs/EVALUATION.md).
 """
 from __future__ import annotations
 
@@ -63,6 +66,23 @@ def sample_run(guard, items, batch: int, k: int) -> dict:
     return st
 
 
+def vllm_run(a, p, items, ours: list[dict]) -> dict:
+    """The vllm backend on the same items (greedy), and how often its verdicts equal ours'."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError as e:
+        return {"skipped": f"vllm is not installed ({e})"}
+    from guardrsft.guard import load_guard
+
+    t0 = time.perf_counter()
+    guard = load_guard(a.model, adapter=a.adapter, params=p, backend="vllm")
+    load_s = time.perf_counter() - t0
+    res, st = run(guard, items, "vllm", a.batch)
+    pairs = [(x["verdicts"][q], y["verdicts"][q]) for x, y in zip(ours, res) for q in x["verdicts"]]
+    return dict(st, load_seconds=round(load_s, 1), verdict_agreement_vs_ours=round(
+        sum(v1 == v2 for v1, v2 in pairs) / len(pairs), 4), verdict_pairs=len(pairs))
+
+
 def naive_generate(guard, items, batch: int) -> dict:
     """Plain `model.generate`, batch by batch, end-of-turn stop only; new non-pad tokens counted."""
     import torch
@@ -107,6 +127,8 @@ def main() -> None:
     ap.add_argument("--only-ours", action="store_true", help="skip the naive baselines (tuning runs)")
     ap.add_argument("--sample", type=int, default=0, metavar="K",
                     help="also time guard.sample (K answers per pair, hsdpo.temperature / top_p) on --big-items items")
+    ap.add_argument("--vllm", action="store_true",
+                    help="also time evaluate.backend vllm on --big-items items (skipped, with the reason, without vllm)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     import torch
@@ -135,8 +157,13 @@ def main() -> None:
     naive, s_naive = run(guard, items, "plain", a.naive_batch)
     _, s_cold = run(guard, items, "static", a.batch)
     ours, s_warm = run(guard, items, "static", a.batch)
-    s_big = run(guard, every[:a.big_items], "static", a.batch)[1] if a.big_items else None
+    big, s_big = run(guard, every[:a.big_items], "static", a.batch) if a.big_items else (None, None)
     s_sample = sample_run(guard, every[:a.big_items], a.batch, a.sample) if a.sample and a.big_items else None
+    s_vllm = None
+    if a.vllm and a.big_items:
+        del guard  # vLLM takes most of the GPU's memory for its cache
+        torch.cuda.empty_cache()
+        s_vllm = vllm_run(a, p, every[:a.big_items], big)
     best_naive = max(s_gen["new_tokens_per_second"], s_naive["new_tokens_per_second"])
     pairs = [(q, x["verdicts"][q], y["verdicts"][q]) for x, y in zip(naive, ours) for q in x["verdicts"]]
     same = sum(v1 == v2 for _, v1, v2 in pairs)
@@ -144,7 +171,7 @@ def main() -> None:
         device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (dry run)", date=time.strftime("%Y-%m-%d"), model=a.model, adapter=a.adapter,
         items=len(items), policies=len(p.policies), max_new_tokens=a.max_new_tokens, load_seconds=round(load_s, 1),
         variants=variants, naive_generate=s_gen, naive_guard=s_naive, ours_cold=s_cold, ours_warm=s_warm, ours_big=s_big,
-        ours_sampled=s_sample,
+        ours_sampled=s_sample, vllm=s_vllm,
         sampled_vs_greedy_big=round(s_sample["new_tokens_per_second"] / s_big["new_tokens_per_second"], 3)
         if s_sample and s_big else None,
         speedup_warm_vs_best_naive=round(s_warm["new_tokens_per_second"] / best_naive, 2),

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -134,7 +133,8 @@ def run_one(name: str, p, base: str, recs: list[dict], heldout: list[dict], step
     out = tempfile.mkdtemp(prefix=f"bench-{name}-")
     cfg = sft_config(p, out, max_steps=steps, save_strategy="no", logging_steps=1, disable_tqdm=True,
                      warmup_steps=0.05, **override)
-    if torch.cuda.is_available():
+    cuda = torch.cuda.is_available()
+    if cuda:
         torch.cuda.reset_peak_memory_stats()
     model = load_model(base, train_hw(p) if cfg.padding_free else p.hw, for_training=True,
                        gradient_checkpointing=cfg.gradient_checkpointing)

@@ -20,7 +20,7 @@ from typing import Optional
 
 from .config import Params
 from .io import atomic_dir, write_json, write_text
-from .models import load_tokenizer, resolve_base, torch_dtype
+from .models import load_tokenizer, resolve_base, tokenizer_source, torch_dtype
 
 # the Hub model each embedded base was converted from (for the card's `base_model`)
 EMBEDDED_UPSTREAM = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
@@ -54,7 +54,7 @@ def merge(p: Params, adapter: str, out_dir: str) -> dict:
     # PEFT computes each delta in fp32 on CPU, so merging straight into the 16-bit copy loses nothing
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype(p.export.dtype))
     model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    tok = load_tokenizer(adapter if (Path(adapter) / "tokenizer_config.json").exists() else base)
+    tok = load_tokenizer(tokenizer_source(adapter, base))
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)

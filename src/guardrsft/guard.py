@@ -37,7 +37,7 @@ from typing import Callable, Optional
 
 from .config import Params
 from .io import append_jsonl, read_jsonl_tolerant
-from .models import ModelError, check_device, load_model, load_tokenizer, resolve_base
+from .models import ModelError, check_device, load_model, load_tokenizer, resolve_base, tokenizer_source
 from .prompts import messages, parse_verdict, reasoning_of, verdict_complete
 from .sampling import pick, seed32
 
@@ -447,7 +447,7 @@ def load_guard(base: str, adapter: Optional[str] = None, params: Optional[Params
         tok = load_tokenizer(folder, padding_side="left")
         return Guard(None, tok, p, fingerprint=fp, engine=VllmEngine(folder, tok, p.hw["dtype"], p.seed), **kw)
     # left padding: generation appends on the right of every row
-    tok = load_tokenizer(adapter if adapter and (Path(adapter) / "tokenizer_config.json").exists() else path,
+    tok = load_tokenizer(tokenizer_source(adapter, path),
                          padding_side="left")
     hw = dict(p.hw, load_in_4bit=p.hw["load_in_4bit"] and not merge)
     model = load_model(path, hw)

@@ -28,7 +28,7 @@ from .config import Params
 from .data import subsample
 from .guard import load_guard
 from .io import atomic_dir, read_jsonl, write_json, write_jsonl, write_text
-from .models import cache_dir, check_device, load_model, load_tokenizer, resolve_base
+from .models import cache_dir, check_device, load_model, load_tokenizer, resolve_base, tokenizer_source
 from .prompts import messages, target
 from .shard import params_file, resolve_processes, run_sharded, shard_guard
 from .train import TrainError
@@ -394,7 +394,7 @@ def train_dpo(p: Params, pairs_path: str, adapter_in: str, adapter_out: str, met
 
     set_seed(p.seed)
     path = resolve_base(base_name)
-    tok_src = adapter_in if (Path(adapter_in) / "tokenizer_config.json").exists() else path
+    tok_src = tokenizer_source(adapter_in, path)
     tok = load_tokenizer(tok_src, padding_side="left")  # TRL's DPO wants left padding for its processing class
     records, skipped = fit_pairs(dpo_records(pairs, p), tok, p.max_length)
     if skipped:

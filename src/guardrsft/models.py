@@ -100,6 +100,12 @@ def torch_dtype(name: str):
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
+def tokenizer_source(adapter: str | None, base: str) -> str:
+    """An adapter folder that saved its tokenizer (train does) is where the tokenizer comes from;
+    otherwise the base model's."""
+    return adapter if adapter and (Path(adapter) / "tokenizer_config.json").exists() else base
+
+
 def load_tokenizer(path: str, padding_side: str = "right"):
     from transformers import AutoTokenizer
 
@@ -111,7 +117,6 @@ def load_tokenizer(path: str, padding_side: str = "right"):
 
 
 def load_model(path: str, hw: dict, for_training: bool = False, gradient_checkpointing: bool | None = None):
-    import torch
     from transformers import AutoModelForCausalLM
 
     kwargs = dict(dtype=torch_dtype(hw["dtype"]), attn_implementation=hw["attn_impl"])

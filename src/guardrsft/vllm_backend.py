@@ -21,11 +21,10 @@ not depend on which backend drew it); vLLM draws its own, so mining refuses this
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from typing import Optional
 
 from .io import atomic_dir
-from .models import ModelError, cache_dir, file_lock, load_tokenizer, torch_dtype
+from .models import ModelError, cache_dir, file_lock, load_tokenizer, tokenizer_source, torch_dtype
 from .prompts import verdict_complete
 
 
@@ -50,7 +49,7 @@ def merged_folder(base_path: str, adapter: str, dtype: str, fingerprint: str) ->
             return str(out)
         model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype(dtype))
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-        tok = load_tokenizer(adapter if (Path(adapter) / "tokenizer_config.json").exists() else base_path)
+        tok = load_tokenizer(tokenizer_source(adapter, base_path))
         with atomic_dir(out) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             tok.save_pretrained(tmp)

@@ -66,21 +66,28 @@ def sample_run(guard, items, batch: int, k: int) -> dict:
     return st
 
 
+def agreement(xs: list[dict], ys: list[dict], field: str = "verdicts") -> tuple[float, int]:
+    """Share of (item, policy) pairs whose `field` (verdicts, reasoning) is equal, and the pair count."""
+    pairs = [(x[field][q], y[field][q]) for x, y in zip(xs, ys) for q in x[field]]
+    return round(sum(u == v for u, v in pairs) / len(pairs), 4), len(pairs)
+
+
 def vllm_run(a, p, items, ours: list[dict]) -> dict:
     """The vllm backend on the same items (greedy), and how often its verdicts equal ours'."""
-    try:
-        import vllm  # noqa: F401
-    except ImportError as e:
-        return {"skipped": f"vllm is not installed ({e})"}
     from guardrsft.guard import load_guard
+    from guardrsft.models import ModelError
+    from guardrsft.vllm_backend import require_vllm
 
+    try:
+        require_vllm()
+    except ModelError as e:
+        return {"skipped": str(e)}
     t0 = time.perf_counter()
     guard = load_guard(a.model, adapter=a.adapter, params=p, backend="vllm")
     load_s = time.perf_counter() - t0
     res, st = run(guard, items, "vllm", a.batch)
-    pairs = [(x["verdicts"][q], y["verdicts"][q]) for x, y in zip(ours, res) for q in x["verdicts"]]
-    return dict(st, load_seconds=round(load_s, 1), verdict_agreement_vs_ours=round(
-        sum(v1 == v2 for v1, v2 in pairs) / len(pairs), 4), verdict_pairs=len(pairs))
+    rate, n = agreement(ours, res)
+    return dict(st, load_seconds=round(load_s, 1), verdict_agreement_vs_ours=rate, verdict_pairs=n)
 
 
 def naive_generate(guard, items, batch: int) -> dict:
@@ -165,8 +172,7 @@ def main() -> None:
         torch.cuda.empty_cache()
         s_vllm = vllm_run(a, p, every[:a.big_items], big)
     best_naive = max(s_gen["new_tokens_per_second"], s_naive["new_tokens_per_second"])
-    pairs = [(q, x["verdicts"][q], y["verdicts"][q]) for x, y in zip(naive, ours) for q in x["verdicts"]]
-    same = sum(v1 == v2 for _, v1, v2 in pairs)
+    same_verdict, n_pairs = agreement(naive, ours)
     report = dict(
         device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (dry run)", date=time.strftime("%Y-%m-%d"), model=a.model, adapter=a.adapter,
         items=len(items), policies=len(p.policies), max_new_tokens=a.max_new_tokens, load_seconds=round(load_s, 1),
@@ -178,10 +184,8 @@ def main() -> None:
         speedup_big_vs_best_naive=round(s_big["new_tokens_per_second"] / best_naive, 2) if s_big else None,
         speedup_cold_vs_best_naive=round(s_cold["new_tokens_per_second"] / best_naive, 2),
         items_per_second_warm_vs_naive_guard=round(s_warm["items_per_second"] / s_naive["items_per_second"], 2),
-        verdict_agreement=round(same / len(pairs), 4), verdict_pairs=len(pairs),
-        reasoning_identical=round(sum(x["reasoning"][q] == y["reasoning"][q]
-                                      for x, y in zip(naive, ours) for q in x["reasoning"])
-                             / len(pairs), 4),
+        verdict_agreement=same_verdict, verdict_pairs=n_pairs,
+        reasoning_identical=agreement(naive, ours, "reasoning")[0],
     )
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(report, indent=2))

@@ -20,7 +20,7 @@ from typing import Optional
 
 from .config import Params
 from .io import atomic_dir, write_json, write_text
-from .models import load_tokenizer, resolve_base, tokenizer_source, torch_dtype
+from .models import load_tokenizer, resolve_base, save_merged
 
 # the Hub model each embedded base was converted from (for the card's `base_model`)
 EMBEDDED_UPSTREAM = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
@@ -44,20 +44,11 @@ def _upstream(p: Params) -> Optional[str]:
 # --------------------------------------------------------------------------- merge
 def merge(p: Params, adapter: str, out_dir: str) -> dict:
     """Adapter + base -> plain safetensors in `export.dtype` (never 4-bit: the base is reloaded)."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
     if not (Path(adapter) / "adapter_config.json").exists():
         raise FileNotFoundError(f"{adapter}: no adapter_config.json; run train_rsft first (`dvc repro train_rsft`)")
     t0 = time.time()
-    base = resolve_base(p.model)
-    # PEFT computes each delta in fp32 on CPU, so merging straight into the 16-bit copy loses nothing
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype(p.export.dtype))
-    model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    tok = load_tokenizer(tokenizer_source(adapter, base))
     with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
+        save_merged(resolve_base(p.model), adapter, p.export.dtype, tmp)
         (tmp / "guardrsft.json").write_text(json.dumps(
             {"base_model": p.model, "preset": p.preset, "prompt": {"system": p.prompt.system,
              "template": p.prompt.template, "version": p.prompt.version}, "policies": p.policies}, indent=2))

@@ -436,19 +436,17 @@ def load_guard(base: str, adapter: Optional[str] = None, params: Optional[Params
         raise ValueError(f"load_guard: backend must be auto or vllm (got {backend!r})")
     check_device(p.hw["device"], p.preset)
     path = resolve_base(base)
-    kw = dict(max_new_tokens=max_new_tokens or p.max_new_tokens, batch_size=batch_size or p.eval_batch_size,
-              cache_path=cache_path)
+    kw = dict(fingerprint=f"{_fingerprint(path)}:{_fingerprint(adapter)}", cache_path=cache_path,
+              max_new_tokens=max_new_tokens or p.max_new_tokens, batch_size=batch_size or p.eval_batch_size)
     if backend == "vllm":
         from .vllm_backend import VllmEngine, merged_folder, require_vllm
 
         require_vllm()  # before minutes of merging
-        fp = f"{_fingerprint(path)}:{_fingerprint(adapter)}"
-        folder = merged_folder(path, adapter, p.hw["dtype"], fp) if adapter else path
+        folder = merged_folder(path, adapter, p.hw["dtype"], kw["fingerprint"]) if adapter else path
         tok = load_tokenizer(folder, padding_side="left")
-        return Guard(None, tok, p, fingerprint=fp, engine=VllmEngine(folder, tok, p.hw["dtype"], p.seed), **kw)
+        return Guard(None, tok, p, engine=VllmEngine(folder, tok, p.hw["dtype"], p.seed), **kw)
     # left padding: generation appends on the right of every row
-    tok = load_tokenizer(tokenizer_source(adapter, path),
-                         padding_side="left")
+    tok = load_tokenizer(tokenizer_source(adapter, path), padding_side="left")
     hw = dict(p.hw, load_in_4bit=p.hw["load_in_4bit"] and not merge)
     model = load_model(path, hw)
     if adapter:
@@ -458,4 +456,4 @@ def load_guard(base: str, adapter: Optional[str] = None, params: Optional[Params
         if merge:
             model = model.merge_and_unload()  # ~20% faster decoding than an attached adapter
     model.eval()
-    return Guard(model, tok, p, fingerprint=f"{_fingerprint(path)}:{_fingerprint(adapter)}", **kw)
+    return Guard(model, tok, p, **kw)

@@ -24,7 +24,7 @@ import hashlib
 from typing import Optional
 
 from .io import atomic_dir
-from .models import ModelError, cache_dir, file_lock, load_tokenizer, tokenizer_source, torch_dtype
+from .models import ModelError, cache_dir, file_lock, save_merged
 from .prompts import verdict_complete
 
 
@@ -40,19 +40,12 @@ def require_vllm():
 def merged_folder(base_path: str, adapter: str, dtype: str, fingerprint: str) -> str:
     """vLLM loads one plain model folder: the adapter merged into the base, once per (base, adapter,
     dtype) fingerprint, cached under the guardrsft cache (written atomically, under a lock)."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
     out = cache_dir() / "vllm" / hashlib.sha256(f"{fingerprint}:{dtype}".encode()).hexdigest()[:16]
     with file_lock(out.with_suffix(".lock")):
         if (out / "config.json").exists():
             return str(out)
-        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype(dtype))
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-        tok = load_tokenizer(tokenizer_source(adapter, base_path))
         with atomic_dir(out) as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
-            tok.save_pretrained(tmp)
+            save_merged(base_path, adapter, dtype, tmp)
     return str(out)
 
 

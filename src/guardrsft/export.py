@@ -46,6 +46,7 @@ def merge(p: Params, adapter: str, out_dir: str) -> dict:
     """Adapter + base -> plain safetensors in `export.dtype` (never 4-bit: the base is reloaded)."""
     if not (Path(adapter) / "adapter_config.json").exists():
         raise FileNotFoundError(f"{adapter}: no adapter_config.json; run train_rsft first (`dvc repro train_rsft`)")
+    import peft  # noqa: F401  (imported before the clock: `seconds` is the merge, not peft's import)
     t0 = time.time()
     with atomic_dir(out_dir) as tmp:
         save_merged(resolve_base(p.model), adapter, p.export.dtype, tmp)

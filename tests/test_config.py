@@ -65,6 +65,7 @@ def test_unknown_nested_key_is_named(tmp_path, params_text):
     ("  teacher: template ", "  teacher: gpt5 ", "traces.teacher"),
     ("  adapter: auto ", "  adapter: dpo ", "export.adapter.*auto, rsft or hsdpo"),
     ("  adapter: auto ", "  adapter: hsdpo ", "export.adapter.*hsdpo.enabled is false.*preset `cpu`"),
+    ("  auto_metric: exact_match ", "  auto_metric: loss ", "export.auto_metric.*exact_match, binary_accuracy"),
     ("  safe_per_item: 2", "  safe_per_item: 0", "train.safe_per_item.*-1"),
     ("  safe_per_item: 2", "  safe_per_item: two", "train.safe_per_item"),
     ("  unsafe_share: 0.3", "  unsafe_share: 1.0", r"train.unsafe_share.*\[0, 1\)"),

@@ -339,22 +339,40 @@ def test_export_of_the_embedded_model(embedded_model, tmp_path, params, one_thre
 
 
 def test_export_adapter_choice(params, tmp_path):
-    """export.adapter: auto ships the HS-DPO adapter exactly when the DPO branch ran, and a
-    missing one is an error that names the folder and the fix, never a silent R-SFT export."""
+    """export.adapter: auto ships the HS-DPO adapter when the DPO branch ran and its evaluation
+    scores at least R-SFT's on export.auto_metric, else R-SFT's with the reason; a missing HS-DPO
+    adapter is an error that names the folder and the fix, never a silent R-SFT export."""
     from guardrsft.export import choose_adapter, model_card
 
     rsft, hsdpo = str(tmp_path / "adapter"), tmp_path / "adapter_hsdpo"
     hsdpo.mkdir()
     (hsdpo / "hsdpo.json").write_text('{"enabled": false}')  # what the disabled branch writes
-    args = (rsft, str(hsdpo), "metrics/eval.json", "metrics/eval_hsdpo.json")
+    ev, evh = tmp_path / "eval.json", tmp_path / "eval_hsdpo.json"
+    ev.write_text('{"exact_match": 0.60, "harmful_f1": 0.70}')
+    evh.write_text('{"enabled": false}')
+    args = (rsft, str(hsdpo), str(ev), str(evh))
     assert not params.hsdpo_enabled  # cpu preset
-    assert choose_adapter(params, *args) == ("rsft", rsft, "metrics/eval.json")
+    which, path, metrics, why = choose_adapter(params, *args)
+    assert (which, path, metrics) == ("rsft", rsft, str(ev)) and "hsdpo.enabled is false" in why
     params.hsdpo.enabled = True
+    evh.write_text('{"exact_match": 0.60, "harmful_f1": 0.50}')  # a tie on exact_match goes to HS-DPO
     with pytest.raises(FileNotFoundError, match="adapter_hsdpo: no HS-DPO adapter.*export.adapter: rsft"):
         choose_adapter(params, *args)
     (hsdpo / "adapter_config.json").write_text("{}")
-    assert choose_adapter(params, *args) == ("hsdpo", str(hsdpo), "metrics/eval_hsdpo.json")
-    assert choose_adapter(params, rsft, None, "metrics/eval.json", None)[0] == "rsft"  # no DPO folder given
+    which, path, metrics, why = choose_adapter(params, *args)
+    assert (which, path, metrics) == ("hsdpo", str(hsdpo), str(evh)) and "0.6000 >= R-SFT 0.6000" in why
+    params.export.auto_metric = "harmful_f1"  # HS-DPO lost F1: R-SFT ships, and the message says how to override
+    which, path, metrics, why = choose_adapter(params, *args)
+    assert (which, path, metrics) == ("rsft", rsft, str(ev))
+    assert "lower on harmful_f1 (0.5000 < R-SFT 0.7000)" in why and "export.adapter: hsdpo" in why
+    evh.write_text('{"exact_match": 0.0, "harmful_f1": null}')  # nothing to compare: GuardReasoner's choice
+    assert choose_adapter(params, *args)[0] == "hsdpo"
+    assert choose_adapter(params, rsft, str(hsdpo), None, None)[0] == "hsdpo"
+    assert choose_adapter(params, rsft, None, str(ev), None)[0] == "rsft"  # no DPO folder given
+    params.export.adapter = "hsdpo"  # forced: shipped even though it scored lower
+    params.export.auto_metric = "exact_match"
+    evh.write_text('{"exact_match": 0.1}')
+    assert choose_adapter(params, *args)[0] == "hsdpo"
     params.export.adapter = "rsft"
     assert choose_adapter(params, *args)[0] == "rsft"
     card = model_card(params, None, hsdpo=True)

@@ -20,6 +20,8 @@ from typing import Any, Optional
 import yaml
 
 POLICY_IDS = ("hate_speech", "violence", "self_harm", "sexual_minors", "harassment", "illegal")
+# evaluation metrics (metrics/eval*.json, higher is better) export.adapter: auto may compare on
+AUTO_METRICS = ("exact_match", "binary_accuracy", "harmful_f1", "macro_f1")
 
 
 class ParamsError(ValueError):
@@ -189,8 +191,12 @@ class HsdpoParams:
 @dataclass
 class ExportParams:
     # which adapter is merged and shipped: auto = the HS-DPO one when the DPO branch ran
-    # (hsdpo.enabled, GuardReasoner's final model), else the R-SFT one | rsft | hsdpo
+    # (hsdpo.enabled, GuardReasoner's final model) and scored at least as well as R-SFT on
+    # auto_metric in the two evaluations, else the R-SFT one | rsft | hsdpo
     adapter: str = "auto"
+    # why a comparison: HS-DPO can make a model worse (tenth quality run: -9 F1 at hsdpo.lr 5e-5,
+    # answers without a verdict line at 2e-4); parse failures count as wrong in every metric here
+    auto_metric: str = "exact_match"
     dtype: str = "float16"  # the merged model's weights (always merged into a 16/32-bit base)
     name: str = "guardrsft"  # GGUF file names and the suggested Ollama model name
     gguf_types: list = field(default_factory=lambda: ["F16", "Q8_0"])  # of F32, F16, BF16, Q8_0; []: none
@@ -487,6 +493,8 @@ def _check_ranges(p: Params) -> None:
     need(x.adapter != "hsdpo" or p.hsdpo_enabled, "export.adapter",
          f"is hsdpo but hsdpo.enabled is false for preset `{p.preset}`: set hsdpo.enabled: true "
          "or export.adapter: auto")
+    need(x.auto_metric in AUTO_METRICS, "export.auto_metric",
+         f"must be one of {', '.join(AUTO_METRICS)} (higher is better), got {x.auto_metric!r}")
     need(x.dtype in ("float16", "bfloat16", "float32"), "export.dtype", "must be float16, bfloat16 or float32")
     need(bool(re.fullmatch(r"[a-z0-9][a-z0-9._-]*", x.name)), "export.name",
          f"must be lowercase letters, digits, `.`, `_` or `-` (an Ollama model name), got {x.name!r}")

@@ -215,20 +215,35 @@ def push_to_hub(p: Params, folders: dict[str, str]) -> dict:
 
 # --------------------------------------------------------------------------- stage
 def choose_adapter(p: Params, rsft: str, hsdpo: Optional[str], rsft_eval: Optional[str],
-                   hsdpo_eval: Optional[str]) -> tuple[str, str, Optional[str]]:
-    """(which, adapter folder, its evaluation metrics) for export.adapter: auto ships the
-    HS-DPO adapter when the DPO branch ran (GuardReasoner's final model), else the R-SFT one."""
-    which = p.export.adapter
+                   hsdpo_eval: Optional[str]) -> tuple[str, str, Optional[str], str]:
+    """(which, adapter folder, its evaluation metrics, why) for export.adapter. auto ships the
+    HS-DPO adapter (GuardReasoner's final model) when the DPO branch ran, unless its evaluation
+    scores below R-SFT's on export.auto_metric: then the R-SFT one, and `why` says so."""
+    which, why = p.export.adapter, f"export.adapter: {p.export.adapter}"
     if which == "auto":
-        which = "hsdpo" if p.hsdpo_enabled and hsdpo else "rsft"
+        which, why = _auto_choice(p, hsdpo, _read(rsft_eval), _read(hsdpo_eval))
     if which == "rsft":
-        return "rsft", rsft, rsft_eval
+        return "rsft", rsft, rsft_eval, why
     if not hsdpo or not (Path(hsdpo) / "adapter_config.json").exists():
         raise FileNotFoundError(
             f"{hsdpo or 'models/adapter_hsdpo'}: no HS-DPO adapter (adapter_config.json) to export "
             f"(export.adapter: {p.export.adapter}); run `dvc repro train_hsdpo` with hsdpo.enabled: true, "
             "or set export.adapter: rsft in params.yaml")
-    return "hsdpo", hsdpo, hsdpo_eval
+    return "hsdpo", hsdpo, hsdpo_eval, why
+
+
+def _auto_choice(p: Params, hsdpo: Optional[str], rsft_m: Optional[dict], hsdpo_m: Optional[dict]) -> tuple[str, str]:
+    if not (p.hsdpo_enabled and hsdpo):
+        return "rsft", "export.adapter: auto, and the HS-DPO branch did not run (hsdpo.enabled is false)"
+    k = p.export.auto_metric
+    a, b = (rsft_m or {}).get(k), (hsdpo_m or {}).get(k)
+    if a is None or b is None:  # e.g. `guardrsft export` without --eval-metrics / --hsdpo-eval-metrics
+        return "hsdpo", f"export.adapter: auto; no {k} for both adapters to compare, so HS-DPO's as GuardReasoner ships"
+    if b >= a:
+        return "hsdpo", f"export.adapter: auto; HS-DPO {k} {b:.4f} >= R-SFT {a:.4f}"
+    # HS-DPO made the model worse (docs/HSDPO.md: a too-high hsdpo.lr even breaks the answer format)
+    return "rsft", (f"export.adapter: auto; HS-DPO scored lower on {k} ({b:.4f} < R-SFT {a:.4f}), so the R-SFT "
+                    "adapter ships; set export.adapter: hsdpo to ship HS-DPO's anyway")
 
 
 def export(p: Params, adapter: str, out_dir: str, eval_metrics_path: Optional[str] = None,
@@ -238,10 +253,10 @@ def export(p: Params, adapter: str, out_dir: str, eval_metrics_path: Optional[st
     """The whole stage; returns the merged folder. `gguf_dir` defaults to a `gguf` folder beside it.
     `adapter` is R-SFT's; with `hsdpo_adapter`, export.adapter picks which one is merged."""
     gguf_dir = gguf_dir or str(Path(out_dir).parent / "gguf")
-    which, adapter, eval_metrics_path = choose_adapter(p, adapter, hsdpo_adapter, eval_metrics_path, hsdpo_eval_path)
-    _log(f"exporting the {'HS-DPO' if which == 'hsdpo' else 'R-SFT'} adapter {adapter} "
-         f"(export.adapter: {p.export.adapter})")
-    report: dict = {"adapter": {"which": which, "path": str(adapter)}, "merged": merge(p, adapter, out_dir)}
+    which, adapter, eval_metrics_path, why = choose_adapter(p, adapter, hsdpo_adapter, eval_metrics_path,
+                                                            hsdpo_eval_path)
+    _log(f"exporting the {'HS-DPO' if which == 'hsdpo' else 'R-SFT'} adapter {adapter} ({why})")
+    report: dict = {"adapter": {"which": which, "path": str(adapter), "why": why}, "merged": merge(p, adapter, out_dir)}
     _log(f"merged model -> {out_dir} ({report['merged']['bytes'] / 2**20:.0f} MB {p.export.dtype})")
     if p.export.gguf_types:
         report["gguf"] = write_gguf_dir(p, out_dir, gguf_dir)

@@ -368,7 +368,8 @@ def test_export_adapter_choice(params, tmp_path):
     evh.write_text('{"exact_match": 0.0, "harmful_f1": null}')  # nothing to compare: GuardReasoner's choice
     assert choose_adapter(params, *args)[0] == "hsdpo"
     assert choose_adapter(params, rsft, str(hsdpo), None, None)[0] == "hsdpo"
-    assert choose_adapter(params, rsft, None, str(ev), None)[0] == "rsft"  # no DPO folder given
+    which, _, _, why = choose_adapter(params, rsft, None, str(ev), None)  # no DPO folder given
+    assert which == "rsft" and "no HS-DPO adapter folder was given" in why
     params.export.adapter = "hsdpo"  # forced: shipped even though it scored lower
     params.export.auto_metric = "exact_match"
     evh.write_text('{"exact_match": 0.1}')

@@ -233,12 +233,15 @@ def choose_adapter(p: Params, rsft: str, hsdpo: Optional[str], rsft_eval: Option
 
 
 def _auto_choice(p: Params, hsdpo: Optional[str], rsft_m: Optional[dict], hsdpo_m: Optional[dict]) -> tuple[str, str]:
-    if not (p.hsdpo_enabled and hsdpo):
+    if not p.hsdpo_enabled:
         return "rsft", "export.adapter: auto, and the HS-DPO branch did not run (hsdpo.enabled is false)"
+    if not hsdpo:
+        return "rsft", "export.adapter: auto, and no HS-DPO adapter folder was given"
     k = p.export.auto_metric
     a, b = (rsft_m or {}).get(k), (hsdpo_m or {}).get(k)
     if a is None or b is None:  # e.g. `guardrsft export` without --eval-metrics / --hsdpo-eval-metrics
-        return "hsdpo", f"export.adapter: auto; no {k} for both adapters to compare, so HS-DPO's as GuardReasoner ships"
+        return "hsdpo", (f"export.adapter: auto; no {k} in both evaluations to compare, so the HS-DPO "
+                         "adapter (GuardReasoner's final model)")
     if b >= a:
         return "hsdpo", f"export.adapter: auto; HS-DPO {k} {b:.4f} >= R-SFT {a:.4f}"
     # HS-DPO made the model worse (docs/HSDPO.md: a too-high hsdpo.lr even breaks the answer format)

@@ -166,7 +166,7 @@ def evaluate_model(p, suites: list[dict], adapter, max_new: int, cache: Path, pr
     import torch
 
     from guardrsft.guard import load_guard
-    from guardrsft.metrics import compute
+    from guardrsft.metrics import bootstrap_ci, compute
 
     t0 = time.time()
     guard = load_guard(p.model, adapter=str(adapter) if adapter else None, params=p, max_new_tokens=max_new,
@@ -185,16 +185,19 @@ def evaluate_model(p, suites: list[dict], adapter, max_new: int, cache: Path, pr
     for s in suites:
         res = results[at:at + len(s["items"])]
         at += len(s["items"])
-        m = compute([it["gold"] for it in s["items"]], res, list(p.policies))
+        golds = [it["gold"] for it in s["items"]]
+        m = compute(golds, res, list(p.policies))
         m["positive"] = s["report"]["positive"]
         scope = in_scope(s["items"], res)
         out[s["name"]] = {**{k: m.get(k) for k in HEAD}, **scope,
                           "per_policy_f1": {q: v["f1"] for q, v in m["per_policy"].items()},
-                          "confusion": m["confusion"]}
+                          "confusion": m["confusion"],
+                          # over items, same seed for every model: bench/bootstrap_ci.py pairs two runs
+                          "ci95": bootstrap_ci(golds, res, list(p.policies), seed=p.seed)}
         with gzip.open(preds_dir / f"{name}.{s['name']}.jsonl.gz", "wt") as f:
             for it, r in zip(s["items"], res):
                 f.write(json.dumps({"id": it["id"], "positive": it["positive"], "gold": it["gold"]["labels"],
-                                    "verdict": r["verdict"], "verdicts": r["verdicts"], "content": it["content"][:200],
+                                    "known": it["gold"]["known"], "verdict": r["verdict"], "verdicts": r["verdicts"], "content": it["content"][:200],
                                     "raw": {q: t[:400] for q, t in r["raw"].items() if r["verdicts"][q] != "SAFE"}},
                                    ensure_ascii=False) + "\n")
     return out, stats

@@ -13,7 +13,7 @@ from guardrsft.benchmarks import (load_benchmark, load_selected, parse_guardreas
 from guardrsft.config import BenchmarkParams, ParamsError, load_params
 from guardrsft.data import DataError
 from guardrsft.guard import build_result
-from guardrsft.metrics import compute
+from guardrsft.metrics import bootstrap_ci, compute
 from conftest import write_params
 
 FIX = Path(__file__).parent / "fixtures" / "benchmarks"
@@ -294,6 +294,16 @@ def test_evaluate_reports_every_benchmark_and_resumes(params, tmp_path, monkeypa
             assert compute([r["gold"] for r in preds], [r[model] for r in preds], pol) == b[model]
         assert b["delta_vs_measured_baseline"]["harmful_f1"] == pytest.approx(
             b["finetuned"]["harmful_f1"] - b["baseline"]["harmful_f1"], abs=1e-4)
+        # bootstrap intervals: reproducible from the predictions file, around the point figure,
+        # the delta's paired on the same resampled items
+        golds, tuned, base = [r["gold"] for r in preds], [r["finetuned"] for r in preds], [r["baseline"] for r in preds]
+        assert b["ci95"] == bootstrap_ci(golds, tuned, pol, seed=p.seed)
+        assert b["delta_vs_measured_baseline_ci95"] == bootstrap_ci(golds, tuned, pol, other=base, seed=p.seed)
+        for k in ("binary_accuracy", "harmful_f1"):
+            assert b["ci95"][k]["lo"] <= b[k] <= b["ci95"][k]["hi"]
+            d = b["delta_vs_measured_baseline"][k]
+            assert b["delta_vs_measured_baseline_ci95"][k]["lo"] <= d <= b["delta_vs_measured_baseline_ci95"][k]["hi"]
+        assert (b["ci95"]["exact_match"] is None) == (b["exact_match"] is None)
         confusion = (out / "plots" / "benchmarks" / "confusion" / f"{name}.csv").read_text().splitlines()
         assert confusion[0] == "actual,predicted,model" and len(confusion) == 1 + 2 * n
         assert (out / "plots" / "benchmarks" / "images" / f"{name}_confusion.png").stat().st_size > 0

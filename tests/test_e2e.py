@@ -49,6 +49,11 @@ def test_repro_writes_metrics_adapter_and_model(tiny_repo):
     assert ev["notebook_baseline_exact_match"] == 0.57
     assert ev["delta_vs_notebook_baseline"] == pytest.approx(ev["exact_match"] - 0.57, abs=1e-4)
     assert ev["finetuned"]["samples"] == 2
+    # 95% bootstrap intervals over the test items, around the figure; the delta's paired
+    for k in ("exact_match", "binary_accuracy", "harmful_f1"):
+        assert ev["ci95"][k]["lo"] <= ev[k] <= ev["ci95"][k]["hi"]
+        ci, d = ev["delta_vs_measured_baseline_ci95"][k], ev["delta_vs_measured_baseline"][k]
+        assert ci["lo"] <= d <= ci["hi"]
     preds = [json.loads(x) for x in (repo / "data/predictions/test.jsonl").read_text().splitlines()]
     assert len(preds) == 2 and set(preds[0]["finetuned"]["verdicts"]) == set(preds[0]["baseline"]["verdicts"])
     assert (repo / "models/adapter/adapter_model.safetensors").exists()

@@ -121,3 +121,47 @@ def test_paper_style_f1_counts_failures_wrong_once():
 def test_latency_and_throughput():
     m = compute([[], []], [res("SAFE", "SAFE", latency=1.0), res("SAFE", "SAFE", latency=3.0)], POL)
     assert m["latency_per_item_s"] == 2.0 and m["items_per_second"] == 0.5
+
+
+def test_bootstrap_resamples_follow_compute_rules():
+    """Each bootstrap resample's value is exactly compute() on the resampled items (parse
+    failures wrong, exact match only where per-policy gold is known), and the interval is
+    seeded, contains the estimate and collapses where there is no variation."""
+    import numpy as np
+
+    from guardrsft.metrics import _boot_values, _scan, bootstrap_ci
+
+    golds = [["violence"], [], ["violence", "illegal"], ["illegal"], [],
+             {"labels": [], "known": [], "harmful": True}]  # harmful outside the policies: no exact match
+    results = [res("UNSAFE", "SAFE"), res("SAFE", "UNSAFE"), res("UNSAFE", "SAFE"), res("SAFE", None),
+               res("SAFE", "SAFE"), res("SAFE", "UNSAFE")]
+    idx = np.random.default_rng(1).integers(0, len(golds), size=(40, len(golds)))
+    v = _boot_values(_scan(golds, results, POL), idx)
+    for r, row in enumerate(idx):
+        m = compute([golds[i] for i in row], [results[i] for i in row], POL)
+        assert v["harmful_f1"][r] == pytest.approx(m["harmful_f1"], abs=1e-4)
+        assert v["binary_accuracy"][r] == pytest.approx(m["binary_accuracy"], abs=1e-4)
+        if m["exact_match"] is None:
+            assert np.isnan(v["exact_match"][r])
+        else:
+            assert v["exact_match"][r] == pytest.approx(m["exact_match"], abs=1e-4)
+    ci = bootstrap_ci(golds, results, POL, seed=3)
+    point = compute(golds, results, POL)
+    for k in ("exact_match", "binary_accuracy", "harmful_f1"):
+        assert ci[k]["lo"] <= point[k] <= ci[k]["hi"] and ci[k]["lo"] < ci[k]["hi"]
+    assert ci == bootstrap_ci(golds, results, POL, seed=3)
+    # a model against itself: the paired difference is 0 on every resample
+    assert bootstrap_ci(golds, results, POL, other=results) == {k: {"lo": 0.0, "hi": 0.0} for k in ci}
+    # a perfect model against one that inverts every harmful verdict: accuracy +1 on every resample
+    perfect = [res("UNSAFE", "SAFE"), res("SAFE", "SAFE"), res("UNSAFE", "UNSAFE"), res("SAFE", "UNSAFE"),
+               res("SAFE", "SAFE"), res("UNSAFE", "SAFE")]
+    inverted = [res("SAFE", "SAFE"), res("UNSAFE", "SAFE"), res("SAFE", "SAFE"), res("SAFE", "SAFE"),
+                res("UNSAFE", "SAFE"), res("SAFE", "SAFE")]
+    d = bootstrap_ci(golds, perfect, POL, other=inverted)
+    assert d["binary_accuracy"] == {"lo": 1.0, "hi": 1.0} and d["exact_match"] == {"lo": 1.0, "hi": 1.0}
+    assert bootstrap_ci(golds, perfect, POL)["harmful_f1"] == {"lo": 1.0, "hi": 1.0}
+    # no per-policy gold anywhere: exact match has no interval, the others do
+    only_harm = [{"labels": [], "known": [], "harmful": h} for h in (True, False, True)]
+    ci = bootstrap_ci(only_harm, results[:3], POL)
+    assert ci["exact_match"] is None and ci["binary_accuracy"] is not None
+    assert bootstrap_ci([], [], POL) == {"exact_match": None, "binary_accuracy": None, "harmful_f1": None}

@@ -24,7 +24,7 @@ from .config import Params
 from .data import subsample
 from .guard import load_guard
 from .io import read_jsonl, write_json, write_jsonl, write_text
-from .metrics import compute
+from .metrics import bootstrap_ci, compute
 from .models import cache_dir
 from .shard import resolve_processes
 
@@ -77,12 +77,18 @@ def _delta(a: dict, b: dict) -> dict:
 def score(p: Params, suite: dict, results: dict[str, list[dict]]) -> dict:
     """Both models' metrics on one suite, the deltas, and the notebook's 57% comparison."""
     golds = [it["gold"] for it in suite["items"]]
-    m = {name: compute(golds, results[name][suite["name"]], list(p.policies)) for name, _ in MODELS}
+    pol, r = list(p.policies), {name: results[name][suite["name"]] for name, _ in MODELS}
+    m = {name: compute(golds, r[name], pol) for name, _ in MODELS}
     tuned, base = m["finetuned"], m["baseline"]
     nb = p.baseline.exact_match
     return {"task": suite["task"], **suite["report"],
             **{k: tuned[k] for k in HEADLINE},
+            # 95% bootstrap intervals over items: how far a number could move on another draw of
+            # as many items (a small test split moves a lot); the delta's is paired, same items
+            "ci95": bootstrap_ci(golds, r["finetuned"], pol, seed=p.seed),
             "delta_vs_measured_baseline": _delta(tuned, base),
+            "delta_vs_measured_baseline_ci95": bootstrap_ci(golds, r["finetuned"], pol, other=r["baseline"],
+                                                            seed=p.seed),
             "delta_vs_notebook_baseline": round(tuned["exact_match"] - nb, 4) if tuned["exact_match"] is not None
             else None,
             "notebook_baseline_exact_match": nb, "finetuned": tuned, "baseline": base}

@@ -1,0 +1,76 @@
+"""Bootstrap intervals for bench/quality.py predictions, and paired differences between two runs.
+
+    .venv/bin/python bench/bootstrap_ci.py /tmp/q10/o3/P/predictions/rsft.openai_moderation.jsonl.gz \
+        --against /tmp/q9/o1/C/predictions/rsft.openai_moderation.jsonl.gz
+
+Reads `<out>/predictions/<model>.<set>.jsonl.gz` (per item: gold policies, harmful or not, the
+verdicts) and prints JSON: per file, harmful F1, binary accuracy and exact match with their
+95% percentile-bootstrap intervals over items (guardrsft.metrics.bootstrap_ci, the rules of the
+reported metrics: a parse failure is wrong). With --against, the paired difference FILE - AGAINST
+on the same resampled items, which is what decides whether one run beat another on this set:
+two runs' intervals side by side overstate the uncertainty of their difference. Files written
+before the predictions carried `known` (the policies with gold) give no exact match.
+Seed noise is not in these intervals: they say how much the figure would move on another draw
+of as many items, not on another training seed.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from guardrsft.config import POLICY_IDS  # noqa: E402
+from guardrsft.metrics import bootstrap_ci, compute  # noqa: E402
+
+
+def read(path: str) -> tuple[list[str], list[dict], list[dict]]:
+    """(ids, golds, results) in the shapes guardrsft.metrics reads."""
+    ids, golds, results = [], [], []
+    with gzip.open(path, "rt") as f:
+        for line in f:
+            r = json.loads(line)
+            ids.append(r["id"])
+            # `known` missing (older files): no policy's gold is claimed, so no exact match
+            old = "known" not in r
+            golds.append({"labels": [] if old else r["gold"], "known": [] if old else r["known"],
+                          "harmful": r["positive"]})
+            results.append({"verdict": r["verdict"], "verdicts": r["verdicts"],
+                            "is_parse_error": any(v is None for v in r["verdicts"].values())})
+    return ids, golds, results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("files", nargs="+", help="predictions/<model>.<set>.jsonl.gz of bench/quality.py")
+    ap.add_argument("--against", default=None, help="a second run's file for the same set: paired FILE - AGAINST")
+    ap.add_argument("--resamples", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=3407)
+    a = ap.parse_args()
+    pol = list(POLICY_IDS)
+    other = read(a.against) if a.against else None
+    report = {}
+    for path in a.files:
+        ids, golds, res = read(path)
+        m = compute(golds, res, pol)
+        row = {"items": len(ids), **{k: m[k] for k in ("harmful_f1", "binary_accuracy", "exact_match")},
+               "ci95": bootstrap_ci(golds, res, pol, resamples=a.resamples, seed=a.seed)}
+        if other is not None:
+            if other[0] != ids:
+                sys.exit(f"error: {a.against} and {path} do not hold the same items in the same order "
+                         "(same set, same --max-eval-items and seed needed for a paired comparison)")
+            o = compute(golds, other[2], pol)
+            row["against"] = a.against
+            row["delta"] = {k: None if m[k] is None or o[k] is None else round(m[k] - o[k], 4)
+                            for k in ("harmful_f1", "binary_accuracy", "exact_match")}
+            row["delta_ci95"] = bootstrap_ci(golds, res, pol, other=other[2], resamples=a.resamples, seed=a.seed)
+        report[path] = row
+    json.dump(report, sys.stdout, indent=1)
+    print()
+
+
+if __name__ == "__main__":
+    main()

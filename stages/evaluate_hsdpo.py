@@ -1,7 +1,8 @@
 """The HS-DPO adapter evaluated like the R-SFT one (same code, items and decoding), with its
-delta vs R-SFT (read from R-SFT's metrics JSON). With hsdpo off, writes `enabled: false`.
+delta vs R-SFT (read from R-SFT's metrics JSON) and the delta's paired bootstrap interval (from
+both predictions files). With hsdpo off, writes `enabled: false`.
 
-Tested with: python stages/evaluate_hsdpo.py data/prepared/test.jsonl models/adapter_hsdpo metrics/eval.json metrics/eval_hsdpo.json data/predictions/hsdpo metrics/plots/eval_hsdpo
+Tested with: python stages/evaluate_hsdpo.py data/prepared/test.jsonl models/adapter_hsdpo metrics/eval.json data/predictions/test.jsonl metrics/eval_hsdpo.json data/predictions/hsdpo metrics/plots/eval_hsdpo
 """
 import sys
 
@@ -10,4 +11,4 @@ from guardrsft.errors import run_stage
 from guardrsft.pipeline import evaluate_hsdpo
 
 if __name__ == "__main__":
-    run_stage(lambda: evaluate_hsdpo(load_params("params.yaml"), *sys.argv[1:7]))
+    run_stage(lambda: evaluate_hsdpo(load_params("params.yaml"), *sys.argv[1:8]))

@@ -82,6 +82,9 @@ def test_repro_writes_metrics_adapter_and_model(tiny_repo):
     assert (repo / "models/adapter_hsdpo/adapter_model.safetensors").exists()
     assert evh["enabled"] and evh["rsft"]["exact_match"] == ev["exact_match"]
     assert evh["delta_vs_rsft"]["test"]["exact_match"] == pytest.approx(evh["exact_match"] - ev["exact_match"], abs=1e-4)
+    for k in ("exact_match", "binary_accuracy", "harmful_f1"):  # its paired interval holds the delta
+        ci = evh["delta_vs_rsft_ci95"]["test"][k]
+        assert ci["lo"] <= evh["delta_vs_rsft"]["test"][k] <= ci["hi"]
     assert evh["baseline"] == ev["baseline"]  # the same zero-shot answers (from the prediction cache)
     # the stages logged to the default MLflow store (sqlite at the repo root)
     from mlflow.tracking import MlflowClient

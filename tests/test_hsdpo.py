@@ -303,7 +303,8 @@ def test_disabled_stages_write_enabled_false_without_a_model(tmp_path):
                 ["stages/train_hsdpo.py", "data/hard_samples/pairs.jsonl", "models/adapter", "models/adapter_hsdpo",
                  "metrics/hsdpo.json", "metrics/plots/hsdpo_loss.csv"],
                 ["stages/evaluate_hsdpo.py", "data/prepared/test.jsonl", "models/adapter_hsdpo", "metrics/eval.json",
-                 "metrics/eval_hsdpo.json", "data/predictions/hsdpo", "metrics/plots/eval_hsdpo"]):
+                 "data/predictions/test.jsonl", "metrics/eval_hsdpo.json", "data/predictions/hsdpo",
+                 "metrics/plots/eval_hsdpo"]):
         out = subprocess.run([sys.executable, *cmd], cwd=repo, env=env, capture_output=True, text=True)
         assert out.returncode == 0, out.stderr[-2000:]
         assert "[hsdpo] disabled: hsdpo.enabled is false" in out.stderr

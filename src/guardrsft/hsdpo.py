@@ -484,5 +484,26 @@ def rsft_delta(hsdpo_metrics: dict, rsft_metrics: dict) -> dict:
     return out
 
 
+def rsft_delta_ci(p: Params, rsft_predictions: str, hsdpo_predictions: str, sets) -> dict:
+    """Paired 95% bootstrap intervals of HS-DPO minus R-SFT (metrics.bootstrap_ci) per set of
+    `sets` (test, then the benchmarks both ran), from the two evaluations' predictions files:
+    the same items, resampled together."""
+    from .io import read_jsonl
+    from .metrics import bootstrap_ci
+
+    out = {}
+    for name in sets:
+        rel = "" if name == "test" else f"benchmarks/{name}.jsonl"
+        a_path = Path(rsft_predictions) if not rel else Path(rsft_predictions).parent / rel
+        b_path = Path(hsdpo_predictions) if not rel else Path(hsdpo_predictions).parent / rel
+        a, b = read_jsonl(a_path), read_jsonl(b_path)
+        if [r["id"] for r in a] != [r["id"] for r in b]:
+            raise ValueError(f"{a_path} and {b_path} do not hold the same items in the same order: R-SFT's "
+                             "predictions are stale; run `dvc repro evaluate` and then this stage again")
+        out[name] = bootstrap_ci([r["gold"] for r in b], [r["finetuned"] for r in b], list(p.policies),
+                                 other=[r["finetuned"] for r in a], seed=p.seed)
+    return out
+
+
 __all__ = ["mine", "train_dpo", "build_pair", "assign_weights", "item_stats", "check_training_split",
            "training_items", "dpo_records", "weighted_dpo_trainer_class", "disabled", "rsft_delta", "HsdpoError"]

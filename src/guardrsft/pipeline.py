@@ -213,10 +213,12 @@ def train_hsdpo(p: Params, pairs_path: str, adapter_in: str, adapter_out: str, m
     return m
 
 
-def evaluate_hsdpo(p: Params, test_path: str, adapter: str, rsft_metrics: str, metrics_out: str,
-                   predictions_dir: str, plots_dir: str) -> dict:
+def evaluate_hsdpo(p: Params, test_path: str, adapter: str, rsft_metrics: str, rsft_predictions: str,
+                   metrics_out: str, predictions_dir: str, plots_dir: str) -> dict:
     """evaluate() on the HS-DPO adapter (its `finetuned` numbers), plus R-SFT's headline numbers
-    from rsft_metrics and `delta_vs_rsft` (HS-DPO minus R-SFT, same items and decoding)."""
+    from rsft_metrics, `delta_vs_rsft` (HS-DPO minus R-SFT, same items and decoding) and its
+    paired bootstrap interval from both models' predictions (rsft_predictions: evaluate's
+    predictions file, its `benchmarks/` folder beside it)."""
     import json
 
     from . import hsdpo
@@ -227,7 +229,10 @@ def evaluate_hsdpo(p: Params, test_path: str, adapter: str, rsft_metrics: str, m
     with stage_run(p, "evaluate_hsdpo") as ml:
         m = run_eval(p, test_path, adapter, metrics_out, str(Path(predictions_dir) / "test.jsonl"), plots_dir)
         rsft = json.loads(Path(rsft_metrics).read_text())
-        m = {"enabled": True, **m, "rsft": {k: rsft.get(k) for k in HEADLINE}, "delta_vs_rsft": hsdpo.rsft_delta(m, rsft)}
+        delta = hsdpo.rsft_delta(m, rsft)
+        m = {"enabled": True, **m, "rsft": {k: rsft.get(k) for k in HEADLINE}, "delta_vs_rsft": delta,
+             "delta_vs_rsft_ci95": hsdpo.rsft_delta_ci(p, rsft_predictions, str(Path(predictions_dir) / "test.jsonl"),
+                                                       delta)}
         write_json(metrics_out, m)
         plots.render_eval(plots_dir)
         if ml is not None:

@@ -24,7 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from guardrsft.config import POLICY_IDS  # noqa: E402
-from guardrsft.metrics import bootstrap_ci, compute  # noqa: E402
+from guardrsft.evaluate import headline_delta  # noqa: E402
+from guardrsft.metrics import CI_METRICS, bootstrap_ci, compute  # noqa: E402
 
 
 def read(path: str) -> tuple[list[str], list[dict], list[dict]]:
@@ -56,16 +57,14 @@ def main() -> None:
     for path in a.files:
         ids, golds, res = read(path)
         m = compute(golds, res, pol)
-        row = {"items": len(ids), **{k: m[k] for k in ("harmful_f1", "binary_accuracy", "exact_match")},
+        row = {"items": len(ids), **{k: m[k] for k in CI_METRICS},
                "ci95": bootstrap_ci(golds, res, pol, resamples=a.resamples, seed=a.seed)}
         if other is not None:
             if other[0] != ids:
                 sys.exit(f"error: {a.against} and {path} do not hold the same items in the same order "
                          "(same set, same --max-eval-items and seed needed for a paired comparison)")
-            o = compute(golds, other[2], pol)
             row["against"] = a.against
-            row["delta"] = {k: None if m[k] is None or o[k] is None else round(m[k] - o[k], 4)
-                            for k in ("harmful_f1", "binary_accuracy", "exact_match")}
+            row["delta"] = headline_delta(m, compute(golds, other[2], pol), CI_METRICS)
             row["delta_ci95"] = bootstrap_ci(golds, res, pol, other=other[2], resamples=a.resamples, seed=a.seed)
         report[path] = row
     json.dump(report, sys.stdout, indent=1)

@@ -70,8 +70,17 @@ def _classify(p: Params, suites: list[dict], adapter: str | None, label: str) ->
     return out, stats
 
 
-def _delta(a: dict, b: dict) -> dict:
-    return {k: (round(a[k] - b[k], 4) if a.get(k) is not None and b.get(k) is not None else None) for k in HEADLINE}
+def headline_delta(a: dict, b: dict, keys=HEADLINE) -> dict:
+    """a - b for each of `keys` (None where either is missing): evaluate's delta vs the baseline,
+    HS-DPO's vs R-SFT, bench/bootstrap_ci.py's between two runs."""
+    return {k: (round(a[k] - b[k], 4) if a.get(k) is not None and b.get(k) is not None else None) for k in keys}
+
+
+def predictions_file(predictions_out: str, name: str) -> Path:
+    """Where evaluate() writes set `name`'s predictions: the test split's at predictions_out, each
+    benchmark's in the `benchmarks/` folder beside it."""
+    out = Path(predictions_out)
+    return out if name == "test" else out.parent / "benchmarks" / f"{name}.jsonl"
 
 
 def score(p: Params, suite: dict, results: dict[str, list[dict]]) -> dict:
@@ -86,7 +95,7 @@ def score(p: Params, suite: dict, results: dict[str, list[dict]]) -> dict:
             # 95% bootstrap intervals over items: how far a number could move on another draw of
             # as many items (a small test split moves a lot); the delta's is paired, same items
             "ci95": bootstrap_ci(golds, r["finetuned"], pol, seed=p.seed),
-            "delta_vs_measured_baseline": _delta(tuned, base),
+            "delta_vs_measured_baseline": headline_delta(tuned, base),
             "delta_vs_measured_baseline_ci95": bootstrap_ci(golds, r["finetuned"], pol, other=r["baseline"],
                                                             seed=p.seed),
             "delta_vs_notebook_baseline": round(tuned["exact_match"] - nb, 4) if tuned["exact_match"] is not None
@@ -149,7 +158,7 @@ def evaluate(p: Params, test_path: str, adapter: str, metrics_out: str, predicti
         (pb / sub).mkdir(parents=True, exist_ok=True)  # DVC plot folders, present even with no benchmarks
     for b in benches:
         name = b["name"]
-        write_jsonl(bench_preds / f"{name}.jsonl", _predictions(b, results))
+        write_jsonl(predictions_file(predictions_out, name), _predictions(b, results))
         has_policy_gold = any(it["gold"]["known"] for it in b["items"])
         f1 = pb / "per_policy_f1" / f"{name}.csv" if has_policy_gold else None
         _plots(p, b, results, scored[name], pb / "confusion" / f"{name}.csv", f1)

@@ -471,16 +471,12 @@ def disabled(p: Params, *outputs: str, dirs=(), note: str = "") -> dict:
 
 def rsft_delta(hsdpo_metrics: dict, rsft_metrics: dict) -> dict:
     """HS-DPO minus R-SFT on the headline numbers (test split and each benchmark both ran)."""
-    from .evaluate import HEADLINE
+    from .evaluate import headline_delta
 
-    def d(a, b):
-        return {k: (round(a[k] - b[k], 4) if a.get(k) is not None and b.get(k) is not None else None)
-                for k in HEADLINE}
-
-    out = {"test": d(hsdpo_metrics, rsft_metrics)}
+    out = {"test": headline_delta(hsdpo_metrics, rsft_metrics)}
     for name, b in (hsdpo_metrics.get("benchmarks") or {}).items():
         if name in (rsft_metrics.get("benchmarks") or {}):
-            out[name] = d(b, rsft_metrics["benchmarks"][name])
+            out[name] = headline_delta(b, rsft_metrics["benchmarks"][name])
     return out
 
 
@@ -488,14 +484,13 @@ def rsft_delta_ci(p: Params, rsft_predictions: str, hsdpo_predictions: str, sets
     """Paired 95% bootstrap intervals of HS-DPO minus R-SFT (metrics.bootstrap_ci) per set of
     `sets` (test, then the benchmarks both ran), from the two evaluations' predictions files:
     the same items, resampled together."""
+    from .evaluate import predictions_file
     from .io import read_jsonl
     from .metrics import bootstrap_ci
 
     out = {}
     for name in sets:
-        rel = "" if name == "test" else f"benchmarks/{name}.jsonl"
-        a_path = Path(rsft_predictions) if not rel else Path(rsft_predictions).parent / rel
-        b_path = Path(hsdpo_predictions) if not rel else Path(hsdpo_predictions).parent / rel
+        a_path, b_path = predictions_file(rsft_predictions, name), predictions_file(hsdpo_predictions, name)
         a, b = read_jsonl(a_path), read_jsonl(b_path)
         if [r["id"] for r in a] != [r["id"] for r in b]:
             raise ValueError(f"{a_path} and {b_path} do not hold the same items in the same order: R-SFT's "
@@ -506,4 +501,5 @@ def rsft_delta_ci(p: Params, rsft_predictions: str, hsdpo_predictions: str, sets
 
 
 __all__ = ["mine", "train_dpo", "build_pair", "assign_weights", "item_stats", "check_training_split",
-           "training_items", "dpo_records", "weighted_dpo_trainer_class", "disabled", "rsft_delta", "HsdpoError"]
+           "training_items", "dpo_records", "weighted_dpo_trainer_class", "disabled", "rsft_delta", "rsft_delta_ci",
+           "HsdpoError"]

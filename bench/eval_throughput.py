@@ -16,7 +16,9 @@ Same (item, policy) prompts, greedy decoding, one process:
 Verdict agreement and identical text are per (item, policy) between naive_guard and ours.
 --sample K adds ours sampling (guard.sample: K answers per pair at hsdpo.temperature / top_p,
 0.7 / 0.95 in params.yaml: the HS-DPO mining call) on the --big-items items, after the greedy big run: its new tokens/s beside
-the greedy steady state of the same run.
+the greedy steady state of the same run, cold (graph capture) and warm, and the share of
+answers identical between the two. --sample-eager runs the sampled steps without CUDA graphs
+first (the engine before sampled graphs) and reports the speedup and the share of identical answers.
 --vllm adds evaluate.backend vllm (guardrsft.vllm_backend) on the --big-items items after ours'
 model is freed: new tokens/s and verdict agreement with ours' big run; recorded as skipped, with
 the reason, where vllm is not installed (this workplace's GPU: docs/EVALUATION.md).
@@ -50,20 +52,29 @@ def run(guard, items, backend: str, batch: int) -> tuple[list[dict], dict]:
     return res, st
 
 
-def sample_run(guard, items, batch: int, k: int) -> dict:
-    """guard.sample as HS-DPO mining calls it (params.yaml's hsdpo.temperature / top_p, seed), cache off."""
+def sample_run(guard, items, batch: int, k: int, graphs: bool = True) -> tuple[dict, list[str]]:
+    """guard.sample as HS-DPO mining calls it (params.yaml's hsdpo.temperature / top_p, seed), cache off;
+    graphs=False runs the engine's sampled steps eagerly (the engine before sampled graphs)."""
     guard.backend, guard.batch_size, guard.cache, guard.cache_path = "static", batch, {}, None
     h = guard.p.hsdpo
+    eng = getattr(guard.model, "_guardrsft_engine", None)
+    if eng is not None:
+        eng.graphs = graphs and eng.device.type == "cuda"
     t0 = time.perf_counter()
     res = guard.sample(items, k, h.temperature, h.top_p, seed=guard.p.seed)
     wall = time.perf_counter() - t0
+    eng = getattr(guard.model, "_guardrsft_engine", None)
+    if eng is not None:  # greedy runs after this one keep the default
+        eng.graphs = eng.device.type == "cuda"
     answers = [s for r in res for ss in r["samples"].values() for s in ss]
     new = sum(s["new_tokens"] for s in answers)
-    st = {"backend": "static", "sampled": True, "k": k, "batch": batch, "answers": len(answers), "new_tokens": new,
-          "wall_seconds": round(wall, 2), "new_tokens_per_second": round(new / wall, 1),
+    st = {"backend": "static", "sampled": True, "graphs": graphs, "k": k, "batch": batch, "answers": len(answers),
+          "new_tokens": new, "wall_seconds": round(wall, 2), "new_tokens_per_second": round(new / wall, 1),
           "parse_error_rate": round(sum(s["is_parse_error"] for s in answers) / len(answers), 4)}
+    if eng is not None:
+        st["engine"] = {k_: eng.stats.get(k_) for k_ in ("prefill_s", "decode_s", "host_s", "steps")}
     print(json.dumps(st), flush=True)
-    return st
+    return st, [s["raw"] for s in answers]
 
 
 def agreement(xs: list[dict], ys: list[dict], field: str = "verdicts") -> tuple[float, int]:
@@ -134,6 +145,9 @@ def main() -> None:
     ap.add_argument("--only-ours", action="store_true", help="skip the naive baselines (tuning runs)")
     ap.add_argument("--sample", type=int, default=0, metavar="K",
                     help="also time guard.sample (K answers per pair, hsdpo.temperature / top_p) on --big-items items")
+    ap.add_argument("--sample-eager", action="store_true",
+                    help="with --sample: also run the sampled steps eagerly (no CUDA graphs) first, "
+                         "and report the share of identical answers against the captured run")
     ap.add_argument("--vllm", action="store_true",
                     help="also time evaluate.backend vllm on --big-items items (skipped, with the reason, without vllm)")
     ap.add_argument("--out", required=True)
@@ -165,7 +179,17 @@ def main() -> None:
     _, s_cold = run(guard, items, "static", a.batch)
     ours, s_warm = run(guard, items, "static", a.batch)
     big, s_big = run(guard, every[:a.big_items], "static", a.batch) if a.big_items else (None, None)
-    s_sample = sample_run(guard, every[:a.big_items], a.batch, a.sample) if a.sample and a.big_items else None
+    s_sample = s_sample_eager = same_samples = None
+    if a.sample and a.big_items:
+        # eager first (what mining ran before), then captured cold and warm: same draws expected
+        if a.sample_eager:
+            s_sample_eager, eager = sample_run(guard, every[:a.big_items], a.batch, a.sample, graphs=False)
+        s_sample_cold, cold = sample_run(guard, every[:a.big_items], a.batch, a.sample)
+        s_sample, warm = sample_run(guard, every[:a.big_items], a.batch, a.sample)
+        s_sample["cold"] = s_sample_cold
+        same_samples = {"cold_vs_warm": round(sum(x == y for x, y in zip(cold, warm)) / len(warm), 4)}
+        if a.sample_eager:
+            same_samples["eager_vs_graphs"] = round(sum(x == y for x, y in zip(eager, warm)) / len(warm), 4)
     s_vllm = None
     if a.vllm and a.big_items:
         del guard  # vLLM takes most of the GPU's memory for its cache
@@ -177,7 +201,9 @@ def main() -> None:
         device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (dry run)", date=time.strftime("%Y-%m-%d"), model=a.model, adapter=a.adapter,
         items=len(items), policies=len(p.policies), max_new_tokens=a.max_new_tokens, load_seconds=round(load_s, 1),
         variants=variants, naive_generate=s_gen, naive_guard=s_naive, ours_cold=s_cold, ours_warm=s_warm, ours_big=s_big,
-        ours_sampled=s_sample, vllm=s_vllm,
+        ours_sampled=s_sample, ours_sampled_eager=s_sample_eager, identical_samples=same_samples, vllm=s_vllm,
+        sampled_graphs_vs_eager=round(s_sample["new_tokens_per_second"] / s_sample_eager["new_tokens_per_second"], 2)
+        if s_sample and s_sample_eager else None,
         sampled_vs_greedy_big=round(s_sample["new_tokens_per_second"] / s_big["new_tokens_per_second"], 3)
         if s_sample and s_big else None,
         speedup_warm_vs_best_naive=round(s_warm["new_tokens_per_second"] / best_naive, 2),

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -93,14 +92,8 @@ def main() -> None:
     items = json.loads(unl.read_text())["items"][: 4 if a.dry_run else None]
     if not items:
         quality.fail(f"{unl}: no items to label")
-    qargs = ["--out", str(Path(a.out).parent), "--eval-batch", str(a.eval_batch), "--seed", str(a.seed),
-             "--max-new-tokens", str(a.max_new_tokens)] + [x for kv in a.set for x in ("--set", kv)]
-    qargs += (["--dry-run"] if a.dry_run else []) + (["--model", a.model] if a.model else [])
-    qa = quality.parse_args(qargs)
-    if not qa.model:
-        quality.fail("--model is required (the device's base model: /root/gpu/smollm2-135m-instruct)")
-    os.environ["GUARDRSFT_BASE_MODEL"] = qa.model
-    p = quality.params_with(quality.overrides(qa))
+    qa, p = quality.adapter_params(a.model, Path(a.out).parent, a.eval_batch, a.seed, a.max_new_tokens, a.set,
+                                   a.dry_run)
 
     from guardrsft.guard import load_guard
 

@@ -339,6 +339,42 @@ def add_extra_train(p, extra: Path, prepared: Path) -> dict:
             "made_by": json.loads(extra_counts.read_text()) if extra_counts.exists() else None}
 
 
+def adapter_params(model, out: Path, eval_batch: int, seed: int, max_new_tokens: int, sets: list[str],
+                   dry_run: bool):
+    """(quality args, Params) of the bench/quality.py run that trained an adapter, for the scripts
+    that load it again (pseudo_label.py, hard_negatives.py): the same --set options give the same
+    prompt and policies. Points the params' model at --model."""
+    qargs = ["--out", str(out), "--eval-batch", str(eval_batch), "--seed", str(seed),
+             "--max-new-tokens", str(max_new_tokens)] + [x for kv in sets for x in ("--set", kv)]
+    qargs += (["--dry-run"] if dry_run else []) + (["--model", model] if model else [])
+    qa = parse_args(qargs)
+    if not qa.model:
+        fail("--model is required (the device's base model: /root/gpu/smollm2-135m-instruct)")
+    os.environ["GUARDRSFT_BASE_MODEL"] = qa.model
+    return qa, params_with(overrides(qa))
+
+
+def mark_hard(traces: Path, hard: Path) -> dict:
+    """Mark the SAFE rows of bench/hard_negatives.py's (id, policy) pairs `hard` in the traces
+    file (rewritten atomically; guardrsft.balance keeps them first). A pair with no SAFE row here
+    (another build, or a harmful pair) is an error: the file belongs to another run."""
+    from guardrsft.io import read_jsonl, write_jsonl
+
+    pairs = {(str(x["id"]), x["policy"]) for x in json.loads(hard.read_text())["pairs"]}
+    rows = read_jsonl(traces)
+    safe = {(str(r["id"]), r["policy"]) for r in rows if r["classification"] == "SAFE"}
+    missing = sorted(pairs - safe)
+    if missing:
+        fail(f"--hard-negatives {hard}: {len(missing)} of {len(pairs)} pairs have no SAFE row in {traces} "
+             f"(e.g. {missing[0]}); mine them from this run's traces (same --data, --extra-train, --seed)")
+    for r in rows:
+        if (str(r["id"]), r["policy"]) in pairs:
+            r["hard"] = True
+    write_jsonl(traces, rows)
+    log(f"--hard-negatives: {len(pairs)} SAFE pairs of {len({i for i, _ in pairs})} items marked hard in {traces}")
+    return {"file": str(hard), "pairs": len(pairs), "items": len({i for i, _ in pairs})}
+
+
 def dry_subset(data: Path, dest: Path, n: int, seed: int) -> Path:
     """A few items of the real file (every label group), for the CPU dry run."""
     from guardrsft.data import subsample
@@ -358,6 +394,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--dev-dir", default=str(ROOT / ".gpu/d/quality/dev"))
     ap.add_argument("--extra-train", default=None, metavar="FILE",
                     help="more items (notebook format, e.g. bench/pseudo_label.py's) for the train split only")
+    ap.add_argument("--hard-negatives", default=None, metavar="FILE",
+                    help="bench/hard_negatives.py's pairs: those SAFE rows are marked `hard`, kept first by the balance")
     ap.add_argument("--out", required=True, help="report.json, report.md, predictions/, train metrics")
     ap.add_argument("--work", default="/tmp/guardrsft-quality", help="prepared data, traces, adapters, caches")
     ap.add_argument("--sets", default="openai_moderation,toxicchat_gr",
@@ -413,6 +451,8 @@ def main() -> None:
     data, dev = Path(a.data), Path(a.dev_dir)
     if a.extra_train and not Path(a.extra_train).exists():
         fail(f"--extra-train {a.extra_train}: not found (bench/pseudo_label.py writes it)")
+    if a.hard_negatives and not Path(a.hard_negatives).exists():
+        fail(f"--hard-negatives {a.hard_negatives}: not found (bench/hard_negatives.py writes it)")
     if not data.exists():
         fail(f"{data}: not found; build it here with `.venv/bin/python bench/build_quality_data.py` "
              "(and carry .gpu/d to the device)")
@@ -457,6 +497,8 @@ def main() -> None:
     t = time.time()
     report["traces"] = _generate_traces(p, str(work / "prepared"), str(work / "traces"),
                                         str(work / "metrics/traces.json"))
+    if a.hard_negatives:
+        report["hard_negatives"] = mark_hard(work / "traces/train.jsonl", Path(a.hard_negatives))
     mined_from = work / "traces/train.jsonl"  # distinct items for HS-DPO (train() balances its own copy)
     n_label = label_only_traces(work / "traces/train.jsonl", work / "traces_label/train.jsonl")
     clock.done("traces", t)

@@ -69,3 +69,27 @@ def test_per_policy_oversampling_lifts_each_policy_to_the_share():
     assert st["unsafe_added"] == len(out) - len(rows) == sum(st["unsafe_added_per_policy"].values())
     assert {r["id"] for r in out if r["policy"] == "self_harm" and r["classification"] == "UNSAFE"} == {"s20"}
     assert all(r in rows for r in out) and out == balance(rows, -1, 0.3, seed=5, per_policy=True)[0]
+
+
+def test_hard_safe_pairs_are_kept_first_and_unmarked_rows_draw_as_before():
+    rows = _rows(30, {0: ["violence"], 7: ["illegal", "harassment"]})
+    plain, st_plain = balance(rows, 2, 0.3, seed=11, per_policy=True)
+    # marks on nothing: the same rows, draw for draw (P of the tenth run reproduces)
+    same, _ = balance([dict(r) for r in rows], 2, 0.3, seed=11, per_policy=True)
+    assert same == plain and "hard_safe_kept" not in st_plain
+    marked = [dict(r, hard=True) if (r["id"], r["policy"]) in {("s3", "hate_speech"), ("s4", "hate_speech"),
+                                                               ("s4", "violence"), ("s5", "self_harm"),
+                                                               ("s5", "illegal"), ("s5", "harassment")} else r
+              for r in rows]
+    out, st = balance(marked, 2, 0.0, seed=11)
+    kept = {(r["id"], r["policy"]) for r in out if r["classification"] == "SAFE"}
+    safe = Counter(r["id"] for r in out if r["classification"] == "SAFE")
+    assert ("s3", "hate_speech") in kept and safe["s3"] == 2  # one hard + one drawn
+    assert {("s4", "hate_speech"), ("s4", "violence")} <= kept and safe["s4"] == 2  # the quota is the hard ones
+    assert safe["s5"] == 3 and {r["policy"] for r in out if r["id"] == "s5"} == {"self_harm", "illegal", "harassment"}
+    assert all(n == 2 for i, n in safe.items() if i not in ("s5",))  # the others: the quota as before
+    assert st["hard_safe_kept"] == 6 and st["rows"] == len(out)
+    # how often a random pick keeps s3's hate_speech pair without the mark: about 2 in 6 over seeds
+    hits = sum(("s3", "hate_speech") in {(r["id"], r["policy"]) for r in balance(rows, 2, 0.0, seed=s)[0]}
+               for s in range(300))
+    assert 70 < hits < 130

@@ -8,7 +8,11 @@ steps, applied by train() to the rows it reads (the traces file itself is not re
 1. thin: keep every UNSAFE pair and at most `safe_per_item` SAFE pairs of each item. A benign
    item's six SAFE pairs teach much the same thing six times; thinning buys more distinct items
    per step. A harmful item keeps SAFE pairs too: which policy it does NOT violate is the
-   per-policy lesson.
+   per-policy lesson. SAFE rows marked `"hard": true` (hard negatives: pairs a trained model
+   answered UNSAFE, bench/hard_negatives.py) are kept first, all of them, and the random pick
+   fills the rest of the item's quota: a random pick keeps a benign item's one confusable
+   policy (hate_speech for a neutral statement about a group) a third of the time at 2 of 6.
+   Without marked rows the pick is the same, draw for draw, as before the marks existed.
 2. oversample: repeat UNSAFE pairs (whole copies) until they are `unsafe_share` of the examples.
    With `per_policy` (train.balance_per_policy), each policy's UNSAFE pairs are repeated until
    they are `unsafe_share` of that policy's examples. The pooled rule repeats every UNSAFE pair
@@ -22,6 +26,7 @@ harmful F1 of the quality runs; the two steps were not measured apart.
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 # in train()'s checkpoint key: a rerun with a changed balancing rule must not resume a run
 # trained on the old rows
@@ -48,14 +53,18 @@ def balance(rows: list[dict], safe_per_item: int, unsafe_share: float, seed: int
     if safe_per_item >= 0:
         by_item: dict[str, list[int]] = {}
         for i, r in enumerate(rows):
-            if r["classification"] == "SAFE":
+            if r["classification"] == "SAFE" and not r.get("hard"):
                 by_item.setdefault(str(r["id"]), []).append(i)
+        hard = Counter(str(r["id"]) for r in rows if r["classification"] == "SAFE" and r.get("hard"))
         drop: set[int] = set()
-        for idx in by_item.values():
-            if len(idx) > safe_per_item:
-                drop.update(rng.sample(idx, len(idx) - safe_per_item))
+        for item, idx in by_item.items():
+            keep = max(safe_per_item - hard[item], 0)
+            if len(idx) > keep:
+                drop.update(rng.sample(idx, len(idx) - keep))
         rows = [r for i, r in enumerate(rows) if i not in drop]
         stats["safe_dropped"] = len(drop)
+        if hard:
+            stats["hard_safe_kept"] = sum(hard.values())
     unsafe = [r for r in rows if r["classification"] == "UNSAFE"]
     stats["unsafe_share_before"] = round(len(unsafe) / max(len(rows), 1), 4)
     if per_policy:

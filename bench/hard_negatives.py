@@ -57,23 +57,14 @@ def trained_pairs(rows: list[dict], p) -> set[tuple[str, str]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default=None, help="base model folder (device: /root/gpu/smollm2-135m-instruct)")
-    ap.add_argument("--adapter", required=True, help="the R-SFT adapter (bench/quality.py --work/adapter_rsft)")
     ap.add_argument("--traces", required=True, help="that run's --work/traces/train.jsonl (the train split)")
     ap.add_argument("--out", required=True, help="the hard pairs (JSON), for quality.py --hard-negatives")
-    ap.add_argument("--eval-batch", type=int, default=512)
-    ap.add_argument("--max-new-tokens", type=int, default=192)
-    ap.add_argument("--seed", type=int, default=3407)
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="params.yaml keys as given to the bench/quality.py run that trained --adapter")
-    ap.add_argument("--cache", default=None, help="answers cache (default: <out>.answers.jsonl); a rerun resumes")
-    ap.add_argument("--dry-run", action="store_true", help="CPU, 4 items, 16 new tokens")
+    quality.adapter_args(ap)
     a = ap.parse_args()
     for f in (Path(a.traces), Path(a.adapter)):
         if not f.exists():
             quality.fail(f"{f}: not found (bench/quality.py --work holds traces/train.jsonl and adapter_rsft)")
-    qa, p = quality.adapter_params(a.model, Path(a.out).parent, a.eval_batch, a.seed, a.max_new_tokens, a.set,
-                                   a.dry_run)
+    qa, p = quality.adapter_params(a)
     rows = read_jsonl(a.traces)
     items = benign_items(rows, list(p.policies))[: 4 if a.dry_run else None]
     if not items:

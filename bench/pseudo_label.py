@@ -66,21 +66,13 @@ def label(guard, items: list[dict], k: int, temperature: float, seed: int,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default=None, help="base model folder (device: /root/gpu/smollm2-135m-instruct)")
-    ap.add_argument("--adapter", required=True, help="the R-SFT adapter (bench/quality.py --work/adapter_rsft)")
     ap.add_argument("--unlabeled", default=str(quality.ROOT / ".gpu/d/quality/train.unlabeled.json"),
                     help="bench/build_quality_data.py's <out>.unlabeled.json")
     ap.add_argument("--out", required=True, help="the labelled items (notebook format), for quality.py --extra-train")
     ap.add_argument("--k", type=int, default=8, help="samples per policy for items greedy flags under none (0: off)")
     ap.add_argument("--min-votes", type=int, default=2, help="UNSAFE samples a policy needs to label an item")
     ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--eval-batch", type=int, default=512)
-    ap.add_argument("--max-new-tokens", type=int, default=192)
-    ap.add_argument("--seed", type=int, default=3407)
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="params.yaml keys as given to the bench/quality.py run that trained --adapter")
-    ap.add_argument("--cache", default=None, help="answers cache (default: <out>.answers.jsonl); a rerun resumes")
-    ap.add_argument("--dry-run", action="store_true", help="CPU, 4 items, 16 new tokens")
+    quality.adapter_args(ap)
     a = ap.parse_args()
     if a.k < 0 or a.min_votes < 1 or a.temperature <= 0:
         quality.fail("--k must be >= 0, --min-votes >= 1 and --temperature > 0")
@@ -92,8 +84,7 @@ def main() -> None:
     items = json.loads(unl.read_text())["items"][: 4 if a.dry_run else None]
     if not items:
         quality.fail(f"{unl}: no items to label")
-    qa, p = quality.adapter_params(a.model, Path(a.out).parent, a.eval_batch, a.seed, a.max_new_tokens, a.set,
-                                   a.dry_run)
+    qa, p = quality.adapter_params(a)
 
     from guardrsft.guard import load_guard
 

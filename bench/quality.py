@@ -339,14 +339,27 @@ def add_extra_train(p, extra: Path, prepared: Path) -> dict:
             "made_by": json.loads(extra_counts.read_text()) if extra_counts.exists() else None}
 
 
-def adapter_params(model, out: Path, eval_batch: int, seed: int, max_new_tokens: int, sets: list[str],
-                   dry_run: bool):
-    """(quality args, Params) of the bench/quality.py run that trained an adapter, for the scripts
-    that load it again (pseudo_label.py, hard_negatives.py): the same --set options give the same
-    prompt and policies. Points the params' model at --model."""
-    qargs = ["--out", str(out), "--eval-batch", str(eval_batch), "--seed", str(seed),
-             "--max-new-tokens", str(max_new_tokens)] + [x for kv in sets for x in ("--set", kv)]
-    qargs += (["--dry-run"] if dry_run else []) + (["--model", model] if model else [])
+def adapter_args(ap: argparse.ArgumentParser) -> None:
+    """The options of the scripts that load a bench/quality.py run's adapter again (pseudo_label.py,
+    hard_negatives.py); adapter_params() turns them into that run's Params."""
+    ap.add_argument("--model", default=None, help="base model folder (device: /root/gpu/smollm2-135m-instruct)")
+    ap.add_argument("--adapter", required=True, help="the R-SFT adapter (bench/quality.py --work/adapter_rsft)")
+    ap.add_argument("--eval-batch", type=int, default=512)
+    ap.add_argument("--max-new-tokens", type=int, default=192)
+    ap.add_argument("--seed", type=int, default=3407)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="params.yaml keys as given to the bench/quality.py run that trained --adapter")
+    ap.add_argument("--cache", default=None, help="answers cache (default: <out>.answers.jsonl); a rerun resumes")
+    ap.add_argument("--dry-run", action="store_true", help="CPU, 4 items, 16 new tokens")
+
+
+def adapter_params(a: argparse.Namespace):
+    """(quality args, Params) of the bench/quality.py run that trained an adapter, from
+    adapter_args()' options (and --out): the same --set options give the same prompt and
+    policies. Points the params' model at --model."""
+    qargs = ["--out", str(Path(a.out).parent), "--eval-batch", str(a.eval_batch), "--seed", str(a.seed),
+             "--max-new-tokens", str(a.max_new_tokens)] + [x for kv in a.set for x in ("--set", kv)]
+    qargs += (["--dry-run"] if a.dry_run else []) + (["--model", a.model] if a.model else [])
     qa = parse_args(qargs)
     if not qa.model:
         fail("--model is required (the device's base model: /root/gpu/smollm2-135m-instruct)")

@@ -51,11 +51,15 @@ def balance(rows: list[dict], safe_per_item: int, unsafe_share: float, seed: int
     rng = random.Random(seed)
     stats = {"rows_in": len(rows), "safe_per_item": safe_per_item, "unsafe_share": unsafe_share}
     if safe_per_item >= 0:
-        by_item: dict[str, list[int]] = {}
+        by_item: dict[str, list[int]] = {}  # each item's unmarked SAFE rows: the random pick's pool
+        hard: Counter = Counter()  # each item's marked SAFE rows: kept, and counted against its quota
         for i, r in enumerate(rows):
-            if r["classification"] == "SAFE" and not r.get("hard"):
+            if r["classification"] != "SAFE":
+                continue
+            if r.get("hard"):
+                hard[str(r["id"])] += 1
+            else:
                 by_item.setdefault(str(r["id"]), []).append(i)
-        hard = Counter(str(r["id"]) for r in rows if r["classification"] == "SAFE" and r.get("hard"))
         drop: set[int] = set()
         for item, idx in by_item.items():
             keep = max(safe_per_item - hard[item], 0)

@@ -55,21 +55,22 @@ def run(guard, items, backend: str, batch: int) -> tuple[list[dict], dict]:
 def sample_run(guard, items, batch: int, k: int, graphs: bool = True) -> tuple[dict, list[str]]:
     """guard.sample as HS-DPO mining calls it (params.yaml's hsdpo.temperature / top_p, seed), cache off;
     graphs=False runs the engine's sampled steps eagerly (the engine before sampled graphs)."""
+    from guardrsft import fastgen
+
     guard.backend, guard.batch_size, guard.cache, guard.cache_path = "static", batch, {}, None
     h = guard.p.hsdpo
+    fastgen.DEFAULTS["graphs"] = None if graphs else False  # applied by generate_static to the engine it uses
+    try:
+        t0 = time.perf_counter()
+        res = guard.sample(items, k, h.temperature, h.top_p, seed=guard.p.seed)
+        wall = time.perf_counter() - t0
+    finally:
+        fastgen.DEFAULTS["graphs"] = None  # later runs keep the default
     eng = getattr(guard.model, "_guardrsft_engine", None)
-    if eng is not None:
-        eng.graphs = graphs and eng.device.type == "cuda"
-    t0 = time.perf_counter()
-    res = guard.sample(items, k, h.temperature, h.top_p, seed=guard.p.seed)
-    wall = time.perf_counter() - t0
-    eng = getattr(guard.model, "_guardrsft_engine", None)
-    if eng is not None:  # greedy runs after this one keep the default
-        eng.graphs = eng.device.type == "cuda"
     answers = [s for r in res for ss in r["samples"].values() for s in ss]
     new = sum(s["new_tokens"] for s in answers)
-    st = {"backend": "static", "sampled": True, "graphs": graphs, "k": k, "batch": batch, "answers": len(answers),
-          "new_tokens": new, "wall_seconds": round(wall, 2), "new_tokens_per_second": round(new / wall, 1),
+    st = {"backend": "static", "sampled": True, "graphs": bool(eng is not None and eng.graphs),  # captured or eager
+          "k": k, "batch": batch, "answers": len(answers), "new_tokens": new, "wall_seconds": round(wall, 2), "new_tokens_per_second": round(new / wall, 1),
           "parse_error_rate": round(sum(s["is_parse_error"] for s in answers) / len(answers), 4)}
     if eng is not None:
         st["engine"] = {k_: eng.stats.get(k_) for k_ in ("prefill_s", "decode_s", "host_s", "steps")}

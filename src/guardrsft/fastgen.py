@@ -61,8 +61,9 @@ PREFILL = ("auto", "padded", "packed")
 # "auto" on CUDA: triton (guardrsft.decode_attn, one program per slot and KV head) when Triton
 # is installed, else varlen (PyTorch's FlashAttention over each slot's own length) when
 # PyTorch has it, else sdpa; on the CPU sdpa. GUARDRSFT_FASTGEN_ATTENTION=<one of ATTENTION>
-# forces one.
-DEFAULTS = {"attention": "auto", "sync_every": 8, "prefill": "auto"}
+# forces one. graphs None: decoding steps captured in CUDA graphs on CUDA (the engine's own
+# default); False runs every step eagerly (the baseline of eval_throughput.py --sample-eager).
+DEFAULTS = {"attention": "auto", "sync_every": 8, "prefill": "auto", "graphs": None}
 
 
 def _rotate_half(x):
@@ -784,4 +785,5 @@ def generate_static(model, tok, prompts: list[list[int]], max_new_tokens: int, r
                          sync_every=DEFAULTS["sync_every"], attention=attention, prefill=prefill, compile=compile_)
         model._guardrsft_engine = eng
     eng.sync_every = DEFAULTS["sync_every"]
+    eng.graphs = (eng.device.type == "cuda") if DEFAULTS["graphs"] is None else DEFAULTS["graphs"]
     return eng.generate(prompts, max_new_tokens, sampling=sampling)

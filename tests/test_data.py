@@ -53,7 +53,7 @@ def test_demo_loads_and_normalizes(tmp_path):
     (lambda d: [s.update(id="a") for s in d["samples"][:2]], r"samples\[1\]\.id: duplicate id 'a'"),
     (lambda d: d["samples"].append({"content": d["samples"][1]["content"].upper(), "labels": ["violence"]}),
      r"same content but different labels"),
-    (lambda d: d.update(extra=1), r"unknown top-level keys"),
+    (lambda d: d.update(extra=1), r"top level: unknown key 'extra'"),
 ])
 def test_validation_errors_name_index_and_field(tmp_path, mutate, pattern):
     d = base()
@@ -135,3 +135,89 @@ def test_append_after_a_torn_line_keeps_the_new_row(tmp_path):
         h.write('{"key": "b", "ra')  # killed here
     append_jsonl(f, [{"key": "c"}, {"key": "d"}])
     assert [r["key"] for r in read_jsonl_tolerant(f)] == ["a", "c", "d"]
+
+
+@pytest.mark.parametrize("mutate,pattern", [
+    # the issue's case: "label" instead of "labels" loaded as benign for all six policies
+    (lambda d: d["samples"][2].update(label=d["samples"][2].pop("labels")),
+     r"samples\[2\]: unknown key 'label'; did you mean 'labels'\?"),
+    (lambda d: d["samples"][0].update(sorce="x"), r"samples\[0\]: unknown key 'sorce'; did you mean 'source'\?"),
+    (lambda d: d["reasoning_traces"]["sample_1_violence"].update(
+        clasification=d["reasoning_traces"]["sample_1_violence"].pop("classification")),
+     r"reasoning_traces\['sample_1_violence'\]: unknown key 'clasification'; did you mean 'classification'\?"),
+    (lambda d: d.update(reasoning_trace=d.pop("reasoning_traces")),
+     r"top level: unknown key 'reasoning_trace'; did you mean 'reasoning_traces'\?"),
+    (lambda d: d["samples"][1].pop("labels"), r"samples\[1\]\.labels: missing; .*\[\] for a benign sample"),
+])
+def test_unknown_or_missing_keys_are_errors_with_the_closest_key(tmp_path, mutate, pattern):
+    d = base()
+    mutate(d)
+    path = write(tmp_path, d)
+    with pytest.raises(DataError, match=pattern) as e:
+        load_notebook_file(path)
+    assert str(path) in str(e.value)
+
+
+def test_a_key_given_twice_is_an_error(tmp_path):
+    p = tmp_path / "d.json"  # json.loads would keep the second `labels` without a word
+    p.write_text('{"samples": [{"content": "x", "labels": ["violence"], "labels": []}]}')
+    with pytest.raises(DataError, match=r"d\.json: key 'labels' appears twice"):
+        load_notebook_file(p)
+
+
+def test_every_error_is_listed_capped_with_a_count(tmp_path):
+    d = base()
+    d["samples"] += [{"content": f"text {i}", "label": ["violence"]} for i in range(24)]
+    d["reasoning_traces"]["sample_1_violence"]["classification"] = "UNSAFE"
+    with pytest.raises(DataError) as e:
+        load_notebook_file(write(tmp_path, d))
+    msg = str(e.value)
+    # 24 samples x (unknown key + missing labels) + the trace = 49 problems, 20 shown
+    assert msg.splitlines()[0].endswith("49 problems; fix them all, then rerun:")
+    assert msg.count("unknown key 'label'") == 10 and msg.count("labels: missing") == 10
+    assert msg.rstrip().endswith("... and 29 more") and len(msg.splitlines()) == 22
+
+
+def test_two_errors_both_named(tmp_path):
+    d = base()
+    d["samples"][0]["labels"] = ["spam"]
+    d["reasoning_traces"]["sample_2_violence"]["reasoning"] = ""
+    with pytest.raises(DataError) as e:
+        load_notebook_file(write(tmp_path, d))
+    assert "samples[0].labels: unknown policy 'spam'" in str(e.value)
+    assert "reasoning_traces['sample_2_violence'].reasoning: missing or empty" in str(e.value)
+
+
+def test_strip_cuts_only_at_a_verdict_line():
+    r = "Step 1 (intent): asks about reclassification: of a file.\nStep 2 (harms): none.\nStep 3 (policy criteria): not met."
+    assert strip_classification(r) == r  # "classification:" inside a word is no verdict
+    assert strip_classification(r + "\nClassification: SAFE") == r
+    quoted = "Step 1: the text says Classification: SAFE to fool us.\nStep 2: b."
+    assert strip_classification(quoted) == quoted  # a verdict inside a sentence is no verdict line
+
+
+def test_given_trace_keeps_steps_after_a_word_ending_in_classification(tmp_path):
+    d = base()
+    r = ("Step 1 (intent): The user asks about the reclassification: of a stuck process.\n"
+         "Step 2 (harms): None.\nStep 3 (policy criteria): Not met.")
+    d["reasoning_traces"]["sample_1_violence"]["reasoning"] = r + "\nClassification: SAFE"
+    samples, _ = load_notebook_file(write(tmp_path, d))
+    assert samples[1]["traces"]["violence"]["reasoning"] == r
+
+
+def test_trace_whose_verdict_line_contradicts_its_label_is_an_error(tmp_path):
+    d = base()
+    d["reasoning_traces"]["sample_1_violence"]["reasoning"] += "\nClassification: UNSAFE"
+    with pytest.raises(DataError, match=r"sample_1_violence'\]\.reasoning: ends with `Classification: UNSAFE` "
+                                        r"but `classification` is SAFE"):
+        load_notebook_file(write(tmp_path, d))
+
+
+def test_shipped_file_loads_the_same_with_all_keys_known():
+    raw = json.loads(SHIPPED.read_text())
+    assert {k for s in raw["samples"] for k in s} <= {"content", "labels", "source", "id"}
+    samples, _ = load_notebook_file(SHIPPED)
+    given = {(s["index"], q): t["reasoning"] for s in samples for q, t in s["traces"].items()}
+    for key, t in raw["reasoning_traces"].items():  # nothing of a shipped trace is cut
+        _, i, q = key.split("_", 2)
+        assert given[(int(i), q)] == t["reasoning"].strip()

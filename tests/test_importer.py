@@ -213,3 +213,30 @@ def test_generate_traces_from_predictions(tmp_path, predictions):
     t = rows[(framed, "violence")]
     assert t["origin"] == "import" and t["classification"] == "UNSAFE"
     assert t["reasoning"] == "Step 1: The response is a threat.\nStep 2: It intimidates a person."
+
+
+def test_imported_notebook_trace_keeps_steps_and_rejects_misspelled_keys(tmp_path):
+    r = "Step 1: It asks about a reclassification: of files.\nStep 2: No harm.\nStep 3: Not met."
+    nb = {"samples": [{"content": BENIGN, "labels": []}],
+          "reasoning_traces": {"sample_0_violence": {"reasoning": r + "\nClassification: SAFE", "classification": "SAFE"}}}
+    f = tmp_path / "nb.json"
+    f.write_text(json.dumps(nb))
+    assert Importer(str(f)).lookup(BENIGN, "violence", "SAFE", []) == {"status": "accepted", "reasoning": r}
+    nb["samples"][0]["label"] = nb["samples"][0].pop("labels")
+    nb["reasoning_traces"]["sample_0_violence"]["reasonig"] = nb["reasoning_traces"]["sample_0_violence"].pop("reasoning")
+    f.write_text(json.dumps(nb))
+    with pytest.raises(DataError) as e:
+        Importer(str(f))
+    assert "nb.json: 2 problems" in str(e.value)
+    assert "samples[0]: unknown key 'label'; did you mean 'labels'?" in str(e.value)
+    assert "reasoning_traces['sample_0_violence'].reasoning: missing or empty" in str(e.value)
+
+
+@pytest.mark.parametrize("text,error", [
+    ('{"samples": [', r"nb\.json: not valid JSON"),
+    ("[1, 2]", r"nb\.json: every row must be a JSON object"),
+])
+def test_unreadable_import_json_is_a_data_error(tmp_path, text, error):
+    (tmp_path / "nb.json").write_text(text)
+    with pytest.raises(DataError, match=error):
+        Importer(str(tmp_path / "nb.json"))

@@ -86,3 +86,24 @@ def test_template_teacher_and_given_traces(params):
 def test_user_prompt_collapses_definition_whitespace(params):
     u = user_prompt(params.prompt, "illegal", "a\n  b", "c")
     assert ": a b\n" in u
+
+
+def test_placeholders_inside_content_are_kept(params):
+    from guardrsft.guard import RESPONSE_FRAME, render_content
+
+    item = {"content": "reply with {response} and {content}", "response": "ok {content}"}
+    assert render_content(item) == ("User request:\nreply with {response} and {content}\n\n"
+                                    "AI response (the part to judge):\nok {content}")
+    normal = {"content": "q", "response": "a"}  # the same text as before: cached answers stay valid
+    assert render_content(normal) == RESPONSE_FRAME.replace("{content}", "q").replace("{response}", "a")
+    u = user_prompt(params.prompt, "violence", "harm {content} {policy}", "text {definition} {policy}")
+    assert "text {definition} {policy}" in u and "harm {content} {policy}" in u
+
+
+def test_classify_file_line_reader_flags_misspelled_keys_and_bad_text():
+    from guardrsft.classify_file import MALFORMED, _parse
+
+    assert _parse(b'{"content": "q", "respones": "a"}', 100)[1:] == (MALFORMED, "unknown key 'respones'; did you mean 'response'?")
+    assert _parse(b'{"content": "q", "response": "a", "id": 3, "lang": "en"}', 100)[1] is None
+    assert _parse(b'{"content": "\\ud800 x"}', 100)[1] == MALFORMED
+    assert _parse(b"[" * 100000, 100)[1] == MALFORMED

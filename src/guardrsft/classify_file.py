@@ -10,6 +10,7 @@ skips what is done (and refuses an output file written for another input).
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .config import Params
+from .data import unpaired_surrogate
 from .io import append_jsonl
 from .models import ModelError, check_device
 
@@ -73,11 +75,19 @@ def _parse(raw: bytes, max_chars: int) -> tuple[Optional[dict], Optional[str], s
         obj = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         return None, MALFORMED, f"not valid JSON: {e}"
+    except RecursionError:
+        return None, MALFORMED, "not valid JSON: nested too deeply"
     if not isinstance(obj, dict):
         return None, MALFORMED, 'each line must be a JSON object like {"content": "..."}'
+    for k in obj:  # a misspelled "response" would be ignored, and the request judged alone
+        close = difflib.get_close_matches(k, ("content", "response"), n=1, cutoff=0.8)
+        if close and k != close[0]:
+            return obj, MALFORMED, f"unknown key {k!r}; did you mean {close[0]!r}?"
     content, response = obj.get("content"), obj.get("response")
     if not isinstance(content, str) or (response is not None and not isinstance(response, str)):
         return obj, MALFORMED, "`content` (and `response`, if given) must be strings"
+    if unpaired_surrogate(content) or (response is not None and unpaired_surrogate(response)):
+        return obj, MALFORMED, "an unpaired surrogate escape (e.g. \\ud800) is not text; fix the string"
     if not content.strip() or (response is not None and not response.strip()):
         return obj, EMPTY, "`content` is empty" if not content.strip() else "`response` is empty"
     size = len(content) + len(response or "")

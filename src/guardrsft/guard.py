@@ -38,7 +38,7 @@ from typing import Callable, Optional
 from .config import Params
 from .io import append_jsonl, read_jsonl_tolerant
 from .models import ModelError, check_device, load_model, load_tokenizer, resolve_base, tokenizer_source
-from .prompts import messages, parse_verdict, reasoning_of, verdict_complete
+from .prompts import fill, messages, parse_verdict, reasoning_of, verdict_complete
 from .sampling import pick, seed32
 
 # Greedy decoding and the stop rule (prompts.verdict_complete): an answer cut by an older rule
@@ -62,7 +62,7 @@ def render_content(item: dict) -> str:
     """The text the guard judges: the content, or the request/response exchange."""
     if item.get("response") is None:
         return item["content"]
-    return RESPONSE_FRAME.replace("{content}", item["content"]).replace("{response}", item["response"])
+    return fill(RESPONSE_FRAME, content=item["content"], response=item["response"])
 
 
 def check_items(items: list[dict]) -> None:

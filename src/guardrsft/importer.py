@@ -14,13 +14,13 @@ From a local file or folder (.json / .jsonl, recursive), or a Hugging Face `data
 """
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from pathlib import Path
 from typing import Optional
 
-from .data import DataError, content_id, normalize_label, strip_classification
+from .data import (TRACE_KEY, SAMPLE_KEYS, TOP_KEYS, TRACE_KEYS, DataError, content_id, normalize_label,
+                   raise_errors, read_json_file, strip_classification, unknown_keys, unpaired_surrogate)
 from .guard import render_content
 from .io import jsonl_rows
 
@@ -34,10 +34,14 @@ def _rows_from_json(obj, where: str) -> list[dict]:
     if isinstance(obj, dict) and "samples" in obj:
         return [{"_notebook": obj, "_where": where}]
     if isinstance(obj, dict):  # {split_name: [rows]} as in GuardReasonerTrain's sample file
-        return [r for v in obj.values() if isinstance(v, list) for r in v]
-    if isinstance(obj, list):
-        return obj
-    raise DataError(f"{where}: expected the notebook format, a list of rows or {{split: [rows]}}")
+        rows = [r for v in obj.values() if isinstance(v, list) for r in v]
+    elif isinstance(obj, list):
+        rows = obj
+    else:
+        raise DataError(f"{where}: expected the notebook format, a list of rows or {{split: [rows]}}")
+    if not all(isinstance(r, dict) for r in rows):
+        raise DataError(f"{where}: every row must be a JSON object")
+    return rows
 
 
 def load_rows(source: str) -> list[dict]:
@@ -46,14 +50,19 @@ def load_rows(source: str) -> list[dict]:
         files = sorted(p for p in path.rglob("*") if p.suffix in (".json", ".jsonl")) if path.is_dir() else [path]
         rows: list[dict] = []
         for f in files:
-            text = f.read_text()
-            if f.suffix == ".jsonl":
-                for i, row in jsonl_rows(text, f, DataError):
-                    if isinstance(row, dict) and "predict" in row:
-                        row["_where"] = f"{f}:{i}"  # the model size is read from the path
-                    rows.append(row)
-            else:
-                rows += _rows_from_json(json.loads(text), str(f))
+            if f.suffix != ".jsonl":
+                rows += _rows_from_json(read_json_file(f), str(f))
+                continue
+            try:
+                text = f.read_bytes().decode("utf-8-sig")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{f}: not UTF-8 text ({e}); save it as UTF-8") from None
+            for i, row in jsonl_rows(text, f, DataError):
+                if not isinstance(row, dict):
+                    raise DataError(f"{f}:{i}: not a JSON object")
+                if "predict" in row:
+                    row["_where"] = f"{f}:{i}"  # the model size is read from the path
+                rows.append(row)
         return rows
     try:
         import datasets
@@ -202,6 +211,46 @@ class _Predictions:
         return out
 
 
+def _notebook_traces(nb: dict, where: str) -> dict[tuple[str, str], dict]:
+    """{(content id, policy): trace} of a notebook-format file. Its labels are not checked
+    against the traces: a trace that disagrees with our gold is counted as rejected (lookup).
+    Every problem of the file is listed in one DataError."""
+    errors = unknown_keys("top level", nb, TOP_KEYS)
+    samples = nb["samples"] if isinstance(nb.get("samples"), list) else []
+    if not isinstance(nb.get("samples"), list):
+        errors.append("`samples` must be a list")
+    for i, s in enumerate(samples):
+        if not isinstance(s, dict) or not isinstance(s.get("content"), str) or unpaired_surrogate(s["content"]):
+            errors.append(f"samples[{i}]: must be an object whose `content` is text")
+        else:
+            errors += unknown_keys(f"samples[{i}]", s, SAMPLE_KEYS)
+    traces = nb.get("reasoning_traces")
+    if not isinstance(traces, (dict, type(None))):
+        errors.append("`reasoning_traces` must be an object keyed sample_{idx}_{policy}")
+    out = {}
+    for key, t in (traces if isinstance(traces, dict) else {}).items():
+        at = f"reasoning_traces[{key!r}]"
+        m = TRACE_KEY.fullmatch(key)
+        if not m or int(m.group(1)) >= len(samples):
+            errors.append(f"{at}: does not name a sample (sample_{{idx}}_{{policy}}, idx < {len(samples)})")
+            continue
+        if not isinstance(t, dict) or not isinstance(t.get("reasoning"), str) or not t["reasoning"].strip():
+            errors.append(f"{at}.reasoning: missing or empty")
+            continue
+        errors += unknown_keys(at, t, TRACE_KEYS)
+        try:
+            label = normalize_label(t.get("classification"), f"{at}.classification")
+        except DataError as e:
+            errors.append(str(e))
+            continue
+        s = samples[int(m.group(1))]
+        if isinstance(s, dict) and isinstance(s.get("content"), str):
+            out[(content_id(s["content"]), m.group(2))] = {"reasoning": strip_classification(t["reasoning"]),
+                                                           "classification": label}
+    raise_errors(where, errors)
+    return out
+
+
 class Importer:
     def __init__(self, source: str):
         self.per_policy: dict[tuple[str, str], dict] = {}
@@ -212,15 +261,7 @@ class Importer:
             if isinstance(row, dict) and "predict" in row and "prompt" in row:
                 skipped += not preds.add(row)
             elif "_notebook" in row:
-                nb = row["_notebook"]
-                for key, t in (nb.get("reasoning_traces") or {}).items():
-                    m = re.match(r"^sample_(\d+)_([a-z_]+)$", key)
-                    if not m or int(m.group(1)) >= len(nb["samples"]):
-                        raise DataError(f"{row['_where']}: reasoning_traces[{key!r}] does not name a sample")
-                    content = nb["samples"][int(m.group(1))]["content"]
-                    self.per_policy[(content_id(content), m.group(2))] = {
-                        "reasoning": strip_classification(t["reasoning"]),
-                        "classification": normalize_label(t.get("classification"), f"{row['_where']}: {key}")}
+                self.per_policy.update(_notebook_traces(row["_notebook"], row["_where"]))
             else:
                 g = _grt(row)
                 if g is None:

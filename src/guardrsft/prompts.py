@@ -18,11 +18,16 @@ def title(policy: str) -> str:
     return policy.replace("_", " ")
 
 
+def fill(template: str, **values: str) -> str:
+    """`template` with each {name} of `values` replaced in one pass: a value that itself holds
+    "{content}" or "{response}" stays as written (a chain of str.replace would substitute it;
+    str.format would choke on the braces content may carry)."""
+    names = "|".join(map(re.escape, values))
+    return re.sub(r"\{(" + names + r")\}", lambda m: values[m.group(1)], template)
+
+
 def user_prompt(prompt: PromptParams, policy: str, definition: str, content: str) -> str:
-    # str.replace, not str.format: content may contain braces
-    return (prompt.template.replace("{policy}", title(policy))
-            .replace("{definition}", " ".join(definition.split()))
-            .replace("{content}", content))
+    return fill(prompt.template, policy=title(policy), definition=" ".join(definition.split()), content=content)
 
 
 def messages(prompt: PromptParams, policy: str, definition: str, content: str) -> list[dict]:
@@ -48,8 +53,12 @@ def verdict_complete(text: str) -> bool:
     return any(m.end() < len(text) for m in _VERDICT.finditer(text))
 
 
+def strip_verdict(text: str) -> str:
+    """`text` up to its last verdict line (the line parse_verdict reads), without it and what follows."""
+    ms = list(_VERDICT.finditer(text or ""))
+    return (text[:ms[-1].start()] if ms else text or "").strip()
+
+
 def reasoning_of(text: str) -> str:
     """The reasoning part of a generation, without the header and the verdict line."""
-    text = re.sub(r"^\s*reasoning\s*:\s*", "", text or "", flags=re.IGNORECASE)
-    ms = list(_VERDICT.finditer(text))
-    return (text[:ms[-1].start()] if ms else text).strip()
+    return strip_verdict(re.sub(r"^\s*reasoning\s*:\s*", "", text or "", flags=re.IGNORECASE))

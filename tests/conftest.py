@@ -1,6 +1,7 @@
 import os
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,8 @@ os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_MLRUNS / 'mlflow.db'}"
 
 _T0 = time.time()
 _CONFIG = None
+# examples each property-based test ran (tests/test_fuzz.py), printed at the end of the run
+FUZZ_CASES: Counter = Counter()
 
 
 def pytest_configure(config):
@@ -35,6 +38,12 @@ def pytest_runtest_logreport(report):
         if tr is not None:
             tr.write("\n")
             tr.write_line(f"[{time.time() - _T0:5.0f} s] {report.when} {report.duration:4.0f} s  {report.nodeid}")
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FUZZ_CASES:
+        per = ", ".join(f"{k} {n}" for k, n in sorted(FUZZ_CASES.items()))
+        terminalreporter.write_line(f"fuzz: {sum(FUZZ_CASES.values())} cases ({per})")
 
 
 @pytest.fixture(scope="session")

@@ -135,6 +135,20 @@ def test_table_errors_name_the_row_column_and_fix(params, tmp_path):
         load_benchmark(with_sets(params, tc=spec), "tc")
 
 
+@pytest.mark.parametrize("name,data,error", [
+    ("t.jsonl", b'{"text": "a", "tox": 1, "id": "x"}\n{"text": "b", "tox": 0}\n', r"t\.jsonl: row 2: no id in column 'id'"),
+    ("t.jsonl.gz", b"not gzip", r"t\.jsonl\.gz: not a readable gzip file"),
+    ("t.csv", b"text,tox\n\xff\xfe,1\n", r"t\.csv: not UTF-8 text"),
+    ("t.json", b"[" * 100000, r"t\.json: not valid JSON \(nested too deeply\)"),
+])
+def test_unreadable_table_is_a_data_error(params, tmp_path, name, data, error):
+    (tmp_path / name).write_bytes(data)
+    spec = BenchmarkParams(path=str(tmp_path / name), format="table", text_field="text", id_field="id",
+                           harmful_columns=["tox"])
+    with pytest.raises(DataError, match=error):
+        load_benchmark(with_sets(params, tc=spec), "tc")
+
+
 def test_missing_path_names_params_field_and_fix(params, tmp_path, monkeypatch):
     monkeypatch.setenv("GUARDRSFT_ROOT", str(tmp_path))
     p = with_sets(params, gone=BenchmarkParams(path="../nowhere/set.json", format="guardreasoner"))

@@ -1,6 +1,5 @@
 """The `import` teacher on fixtures written in both formats (no network, no ../shared)."""
 import json
-import re
 
 import pytest
 

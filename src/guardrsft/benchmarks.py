@@ -20,6 +20,7 @@ import io
 import json
 import random
 import re
+import zlib
 from collections import defaultdict
 from pathlib import Path
 from typing import Optional
@@ -46,10 +47,19 @@ def read_records(path: Path) -> list[dict]:
     name = path.name.lower()
     raw = path.read_bytes()
     if name.endswith(".gz"):
-        raw, name = gzip.decompress(raw), name[:-3]
-    text = raw.decode("utf-8-sig")
+        try:
+            raw, name = gzip.decompress(raw), name[:-3]
+        except (OSError, EOFError, zlib.error) as e:
+            raise DataError(f"{path}: not a readable gzip file ({e})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e}); save it as UTF-8") from None
     if name.endswith(".csv"):
-        return list(csv.DictReader(io.StringIO(text, newline="")))
+        try:
+            return list(csv.DictReader(io.StringIO(text, newline="")))
+        except csv.Error as e:
+            raise DataError(f"{path}: not a readable CSV file ({e})") from None
     if name.endswith(".jsonl"):
         return [r for _, r in jsonl_rows(text, path, DataError)]
     if name.endswith(".json"):
@@ -57,6 +67,8 @@ def read_records(path: Path) -> list[dict]:
             rows = json.loads(text)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: not valid JSON ({e})") from None
+        except RecursionError:
+            raise DataError(f"{path}: not valid JSON (nested too deeply)") from None
         if not isinstance(rows, list):
             raise DataError(f"{path}: must be a JSON list of objects (one per item)")
         return rows
@@ -179,6 +191,8 @@ def from_table(path: Path, name: str, spec: BenchmarkParams, policies: list[str]
                             f"no gold label; fill them or set {key}.harmful_columns`")
         # missing flags count as not set (GuardReasoner's binarization of OpenAI moderation)
         harmful = any(f is True for f in hflags) or bool(labels)
+        if spec.id_field and r.get(spec.id_field) in (None, ""):
+            raise DataError(f"{where}: no id in column {spec.id_field!r}; give every row one")
         rid = str(r[spec.id_field]) if spec.id_field else str(i + 1)
         if rid in seen_ids:
             raise DataError(f"{where}: duplicate id {rid!r} in column {spec.id_field!r}")

@@ -77,6 +77,8 @@ def _parse(raw: bytes, max_chars: int) -> tuple[Optional[dict], Optional[str], s
         return None, MALFORMED, f"not valid JSON: {e}"
     except RecursionError:
         return None, MALFORMED, "not valid JSON: nested too deeply"
+    if unpaired_surrogate(json.dumps(obj, ensure_ascii=False)):  # could be neither tokenized nor written back
+        return None, MALFORMED, "an unpaired surrogate escape (e.g. \\ud800) is not text; fix the string"
     if not isinstance(obj, dict):
         return None, MALFORMED, 'each line must be a JSON object like {"content": "..."}'
     for k in obj:  # a misspelled "response" would be ignored, and the request judged alone
@@ -86,8 +88,6 @@ def _parse(raw: bytes, max_chars: int) -> tuple[Optional[dict], Optional[str], s
     content, response = obj.get("content"), obj.get("response")
     if not isinstance(content, str) or (response is not None and not isinstance(response, str)):
         return obj, MALFORMED, "`content` (and `response`, if given) must be strings"
-    if unpaired_surrogate(content) or (response is not None and unpaired_surrogate(response)):
-        return obj, MALFORMED, "an unpaired surrogate escape (e.g. \\ud800) is not text; fix the string"
     if not content.strip() or (response is not None and not response.strip()):
         return obj, EMPTY, "`content` is empty" if not content.strip() else "`response` is empty"
     size = len(content) + len(response or "")
@@ -202,5 +202,7 @@ def classify_file(open_model: Callable[[], object], in_path: str, out_path: str,
     finally:
         if bar:
             bar.__exit__(None, None, None)
+    if not out.exists():  # an empty input still gets its (empty) output file
+        append_jsonl(out, [])
     return {"lines": len(lines), "counts": counts, "not_ok_lines": not_ok, "out": str(out),
             "all_ok": counts.get(OK, 0) == len(lines)}

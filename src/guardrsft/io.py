@@ -52,6 +52,8 @@ def jsonl_rows(text: str, where, error: type[Exception] = ValueError) -> Iterato
                 yield i, json.loads(line)
             except json.JSONDecodeError as e:
                 raise error(f"{where}:{i}: not a JSON line ({e.msg}); fix or remove that line") from None
+            except RecursionError:
+                raise error(f"{where}:{i}: not a JSON line (nested too deeply); fix or remove that line") from None
 
 
 def read_jsonl(path) -> list[dict]:
@@ -67,7 +69,7 @@ def append_jsonl(path, rows: Iterable[dict]) -> None:
         with open(path, "rb") as f:
             f.seek(-1, os.SEEK_END)
             torn = f.read(1) != b"\n"  # a writer killed mid-line: end that line, keep the next
-    with open(path, "a") as f:
+    with open(path, "a", encoding="utf-8") as f:
         if torn:
             f.write("\n")
         for r in rows:

@@ -121,14 +121,15 @@ def _done_lines(out: Path, hashes: list[str]) -> list[dict]:
 
 def _too_long(guard, policies: list[str]) -> Callable[[str], Optional[str]]:
     """A check that the longest policy prompt plus the answer fits the model's context window."""
-    from .prompts import messages
+    from .prompts import unit_messages, units
 
     ctx = getattr(guard.config, "max_position_embeddings", None)
     if not ctx:
         return lambda text: None
     p = guard.p
-    shell = max(len(guard.tok.apply_chat_template(messages(p.prompt, q, p.policies[q], ""), add_generation_prompt=True,
-                                                  tokenize=True, return_dict=False)) for q in policies)
+    shell = max(len(guard.tok.apply_chat_template(unit_messages(p.prompt, p.policies, q, ""),
+                                                  add_generation_prompt=True, tokenize=True, return_dict=False))
+                for q in units(p.prompt, policies))
     room = ctx - shell - guard.max_new_tokens
 
     def check(text: str) -> Optional[str]:

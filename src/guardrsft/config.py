@@ -22,6 +22,8 @@ import yaml
 POLICY_IDS = ("hate_speech", "violence", "self_harm", "sexual_minors", "harassment", "illegal")
 # evaluation metrics (metrics/eval*.json, higher is better) export.adapter: auto may compare on
 AUTO_METRICS = ("exact_match", "binary_accuracy", "harmful_f1", "macro_f1")
+# prompt.mode -> the placeholders prompt.template must contain
+PROMPT_MODES = {"per_policy": ("{policy}", "{definition}", "{content}"), "joint": ("{policies}", "{content}")}
 
 
 class ParamsError(ValueError):
@@ -66,6 +68,10 @@ class PromptParams:
     template: str
     # bump when the wording changes: it keys trace and prediction caches
     version: int = 1
+    # per_policy: one prompt and answer per (content, policy), as GuardReasoner ({policy},
+    # {definition}, {content}); joint: one prompt lists every policy ({policies}, {content}) and
+    # the answer reasons once, then gives one `<policy>: SAFE|UNSAFE` line per policy
+    mode: str = "per_policy"
 
 
 @dataclass
@@ -420,8 +426,14 @@ def _check_ranges(p: Params) -> None:
     need(len(p.policies) > 0, "policies", "must define at least one policy")
     for k, v in p.policies.items():
         need(isinstance(v, str) and v.strip() != "", f"policies.{k}", "must be a non-empty definition")
-    for ph in ("{policy}", "{definition}", "{content}"):
-        need(ph in p.prompt.template, "prompt.template", f"must contain the placeholder {ph}")
+    need(p.prompt.mode in PROMPT_MODES, "prompt.mode", f"must be one of {', '.join(PROMPT_MODES)} "
+         f"(got {p.prompt.mode!r})")
+    for ph in PROMPT_MODES.get(p.prompt.mode, ()):
+        need(ph in p.prompt.template, "prompt.template", f"must contain the placeholder {ph} "
+             f"(prompt.mode {p.prompt.mode})")
+    need(p.prompt.mode == "per_policy" or not p.hsdpo_enabled, "hsdpo.enabled",
+         "must be false with prompt.mode joint (hard-sample mining pairs per-policy answers); "
+         "set hsdpo.enabled: false or prompt.mode: per_policy")
     pr = p.prepare
     need(0 <= pr.val_fraction < 0.5, "prepare.val_fraction", "must be in [0, 0.5)")
     need(0 < pr.test_fraction < 0.5, "prepare.test_fraction", "must be in (0, 0.5)")

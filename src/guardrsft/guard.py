@@ -38,7 +38,7 @@ from typing import Callable, Optional
 from .config import Params
 from .io import append_jsonl, read_jsonl_tolerant
 from .models import ModelError, check_device, load_model, load_tokenizer, resolve_base, tokenizer_source
-from .prompts import fill, messages, parse_verdict, reasoning_of, verdict_complete
+from .prompts import JOINT, fill, parse_verdict, reasoning_of, unit_messages, units, verdict_complete
 from .sampling import pick, seed32
 
 # Greedy decoding and the stop rule (prompts.verdict_complete): an answer cut by an older rule
@@ -77,14 +77,17 @@ def check_items(items: list[dict]) -> None:
             raise ValueError(f"item {i}: `response` must be a non-empty string, or None/absent for content alone")
 
 
-def build_result(item: dict, raw: dict[str, str], seconds: float = 0.0, new_tokens: int = 0) -> dict:
-    """One item's result from its per-policy completions (the model's new text only)."""
-    verdicts = {q: parse_verdict(t) for q, t in raw.items()}
+def build_result(item: dict, raw: dict[str, str], seconds: float = 0.0, new_tokens: int = 0,
+                 joint: bool = False) -> dict:
+    """One item's result from its per-policy completions (the model's new text only); joint: each
+    policy's entry of `raw` is the one joint answer, read at that policy's verdict line."""
+    verdicts = {q: parse_verdict(t, q if joint else None) for q, t in raw.items()}
     errors = [q for q, v in verdicts.items() if v is None]
     flagged = [q for q, v in verdicts.items() if v == "UNSAFE"]
     return {
         "content": item["content"], "response": item.get("response"),
-        "verdicts": verdicts, "reasoning": {q: reasoning_of(t) for q, t in raw.items()}, "raw": dict(raw),
+        "verdicts": verdicts, "reasoning": {q: reasoning_of(t, list(raw) if joint else ()) for q, t in raw.items()},
+        "raw": dict(raw),
         "flagged": flagged, "parse_errors": errors, "is_parse_error": bool(errors),
         # any UNSAFE decides; otherwise one unparsed policy leaves the aggregate unknown
         "verdict": "UNSAFE" if flagged else (None if errors else "SAFE"),
@@ -123,12 +126,15 @@ class Guard:
 
     # ------------------------------------------------------------------ internals
     def _key(self, text: str, policy: str) -> str:
+        """policy: a unit (prompts.units): a policy id, or JOINT (every policy, one answer)."""
+        what = self.p.policies if policy == JOINT else self.p.policies[policy]
+        mode = [] if self.p.prompt.mode == "per_policy" else [self.p.prompt.mode]  # per_policy keys as before
         blob = json.dumps([self.fingerprint, self.p.prompt.version, self.p.prompt.system, self.p.prompt.template,
-                           self.p.policies[policy], text, policy, self.max_new_tokens, DECODING])
+                           what, text, policy, self.max_new_tokens, DECODING, *mode])
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
     def _prompt_ids(self, text: str, policy: str) -> list[int]:
-        msgs = messages(self.p.prompt, policy, self.p.policies[policy], text)
+        msgs = unit_messages(self.p.prompt, self.p.policies, policy, text)
         if not any(s in text for s in self._markup):
             return self.tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False)
         # content carrying chat markup (`<|im_end|>` ...) must stay text, or it could close the
@@ -190,7 +196,7 @@ class Guard:
         return self._shells[policy]
 
     def _render(self, policy: str, content: str) -> str:
-        return self.tok.apply_chat_template(messages(self.p.prompt, policy, self.p.policies[policy], content),
+        return self.tok.apply_chat_template(unit_messages(self.p.prompt, self.p.policies, policy, content),
                                             add_generation_prompt=True, tokenize=False)
 
     def _shell_parts(self, policy: str) -> list[str]:
@@ -260,9 +266,10 @@ class Guard:
 
     def _result(self, item: dict, policies: list[str], keys: list[str]) -> dict:
         rows = [self.cache[k] for k in keys]
-        return build_result(item, {q: r["raw"] for q, r in zip(policies, rows)},
-                            seconds=sum(r.get("seconds", 0.0) for r in rows),
-                            new_tokens=sum(r.get("new_tokens", 0) for r in rows))
+        joint = self.p.prompt.mode == "joint"
+        raw = {q: rows[0]["raw"] for q in policies} if joint else {q: r["raw"] for q, r in zip(policies, rows)}
+        return build_result(item, raw, seconds=sum(r.get("seconds", 0.0) for r in rows),
+                            new_tokens=sum(r.get("new_tokens", 0) for r in rows), joint=joint)
 
     # ------------------------------------------------------------------ API
     def classify(self, items: list[dict], policies: Optional[list[str]] = None,
@@ -276,13 +283,14 @@ class Guard:
         The answers are already in `cache_path` when it is called, so an exception raised
         by on_batch (or a kill) loses nothing."""
         policies, texts = self._checked(items, policies)
+        us = units(self.p.prompt, policies)  # joint: one answer per item covers every policy
         t_start = time.time()
         missing: dict[int, int] = {}  # item index -> answers it still waits for
         waiting: dict[str, list[int]] = {}  # key -> items waiting for it (repeated texts: generated once)
-        todo: list[tuple[int, str, str]] = []  # (first item index, policy, key)
-        keys = [[self._key(text, q) for q in policies] for text in texts]  # hashed once, reused below
+        todo: list[tuple[int, str, str]] = []  # (first item index, unit, key)
+        keys = [[self._key(text, q) for q in us] for text in texts]  # hashed once, reused below
         for i, text in enumerate(texts):
-            for q, k in zip(policies, keys[i]):
+            for q, k in zip(us, keys[i]):
                 if k not in self.cache:
                     if k not in waiting:
                         todo.append((i, q, k))
@@ -295,7 +303,7 @@ class Guard:
         for i, _, k in todo:
             longest[i] = max(longest.get(i, 0), len(ids[k]))
         todo.sort(key=lambda t: (longest[t[0]], t[0], len(ids[t[2]])))
-        n_pairs = len(items) * len(policies)
+        n_pairs = len(items) * len(us)
         cached = n_pairs - sum(missing.values())
         if progress and cached and todo:
             print(f"  [classify] resuming: {cached}/{n_pairs} answers already in {self.cache_path}",
@@ -354,6 +362,9 @@ class Guard:
         (SAMPLING, temperature, top_p, seed, j) and appended to `cache_path` after its batch."""
         if k < 1 or not 0 < temperature or not 0 < top_p <= 1:
             raise ValueError(f"sample: need k >= 1, temperature > 0 and 0 < top_p <= 1 (got {k}, {temperature}, {top_p})")
+        if self.p.prompt.mode != "per_policy":
+            raise ValueError("sample: draws per-policy answers (HS-DPO mining); this guard's prompt.mode is "
+                             f"{self.p.prompt.mode}: use a per_policy model")
         policies, texts = self._checked(items, policies)
         t_start = time.time()
         keys = {(i, q, j): self._sample_key(texts[i], q, temperature, top_p, seed, j)

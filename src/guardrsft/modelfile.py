@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from .config import Params
 from .gguf_export import ExportError
-from .prompts import title
+from .prompts import fill, policy_list, title
 
 _S, _U, _A = "\x01SYSTEM\x01", "\x01USER\x01", "\x01ASSISTANT\x01"
 
@@ -97,12 +97,14 @@ def modelfile(p: Params, tok, gguf_name: str, add_bos: bool) -> tuple[str, ChatP
     """The Modelfile text (FROM the GGUF beside it) and the template pieces it used."""
     parts = chat_parts(tok, add_bos)
     system = " ".join(p.prompt.system.split())  # exactly what prompts.messages sends
-    example = p.prompt.template.replace("{policy}", title(next(iter(p.policies)))).replace(
-        "{definition}", "<the policy's definition>").replace("{content}", "<the text to check>")
+    joint = p.prompt.mode == "joint"
+    example = fill(p.prompt.template, policy=title(next(iter(p.policies))), definition="<the policy's definition>",
+                   policies=policy_list(p.policies), content="<the text to check>")
     lines = [
         "# Ollama Modelfile written by guardrsft export: `ollama create guardrsft -f Modelfile`",
-        "# Single-turn classifier. The user message must follow the training template, one policy per",
-        "# request (`guardrsft classify` builds it for you), e.g.:",
+        "# Single-turn classifier. The user message must follow the training template, "
+        + ("every policy in one request" if joint else "one policy per"),
+        "# " + ("" if joint else "request ") + "(`guardrsft classify` builds it for you), e.g.:",
         *[f"#   {x}".rstrip() for x in example.splitlines()],
         f"# Policies: {', '.join(p.policies)}",
         f"FROM ./{gguf_name}",

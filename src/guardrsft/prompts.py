@@ -26,8 +26,30 @@ def fill(template: str, **values: str) -> str:
     return re.sub(r"\{(" + names + r")\}", lambda m: values[m.group(1)], template)
 
 
+# prompt.mode joint: the one "unit" a content is asked about (per_policy: each policy is a unit)
+JOINT = "*"
+
+
 def user_prompt(prompt: PromptParams, policy: str, definition: str, content: str) -> str:
     return fill(prompt.template, policy=title(policy), definition=" ".join(definition.split()), content=content)
+
+
+def policy_list(policies: dict[str, str]) -> str:
+    """The {policies} block of a joint prompt: one `- id: definition` line per policy."""
+    return "\n".join(f"- {q}: {' '.join(d.split())}" for q, d in policies.items())
+
+
+def units(prompt: PromptParams, policies) -> list[str]:
+    """What one content is asked about: each policy (per_policy), or every policy at once (joint)."""
+    return [JOINT] if prompt.mode == "joint" else list(policies)
+
+
+def unit_messages(prompt: PromptParams, policies: dict[str, str], unit: str, content: str) -> list[dict]:
+    """The chat of one unit (a policy id, or JOINT for every policy of `policies`)."""
+    if unit == JOINT:
+        user = fill(prompt.template, policies=policy_list(policies), content=content)
+        return [{"role": "system", "content": " ".join(prompt.system.split())}, {"role": "user", "content": user}]
+    return messages(prompt, unit, policies[unit], content)
 
 
 def messages(prompt: PromptParams, policy: str, definition: str, content: str) -> list[dict]:
@@ -40,8 +62,26 @@ def target(reasoning: str, classification: str) -> str:
     return f"Reasoning:\n{reasoning.strip()}\nClassification: {classification.upper()}"
 
 
-def parse_verdict(text: str) -> Optional[str]:
-    """SAFE / UNSAFE from the last `Classification:` line, or None (a parse error)."""
+def joint_target(reasoning: str, verdicts: dict[str, str]) -> str:
+    """The joint answer: the reasoning, one `<policy>: SAFE|UNSAFE` line per policy, then the
+    aggregate `Classification:` line (UNSAFE if any policy is), which is also where decoding stops."""
+    lines = "".join(f"{q}: {v.upper()}\n" for q, v in verdicts.items())
+    overall = "UNSAFE" if any(v.upper() == "UNSAFE" for v in verdicts.values()) else "SAFE"
+    return f"Reasoning:\n{reasoning.strip()}\n{lines}Classification: {overall}"
+
+
+def _policy_line(policy: str) -> re.Pattern:
+    # the per-policy verdict line of a joint answer, by the same rule as the `Classification:` line
+    return re.compile(r"^[ \t>*_#-]*" + re.escape(policy) + r"[ \t*_]*[:：][ \t*_]*(unsafe|safe)[ \t*_.!]*$",
+                      re.IGNORECASE | re.MULTILINE)
+
+
+def parse_verdict(text: str, policy: Optional[str] = None) -> Optional[str]:
+    """SAFE / UNSAFE from the last `Classification:` line, or None (a parse error). With `policy`
+    (a joint answer): from the last `<policy>: SAFE|UNSAFE` line before the final verdict line."""
+    if policy is not None:
+        found = _policy_line(policy).findall(strip_verdict(text))
+        return found[-1].upper() if found else None
     found = _VERDICT.findall(text or "")
     return found[-1].upper() if found else None
 
@@ -59,6 +99,9 @@ def strip_verdict(text: str) -> str:
     return (text[:ms[-1].start()] if ms else text or "").strip()
 
 
-def reasoning_of(text: str) -> str:
-    """The reasoning part of a generation, without the header and the verdict line."""
-    return strip_verdict(re.sub(r"^\s*reasoning\s*:\s*", "", text or "", flags=re.IGNORECASE))
+def reasoning_of(text: str, policies=()) -> str:
+    """The reasoning part of a generation, without the header and the verdict line (and, for a
+    joint answer, without the per-policy verdict lines of `policies`)."""
+    text = strip_verdict(re.sub(r"^\s*reasoning\s*:\s*", "", text or "", flags=re.IGNORECASE))
+    starts = [m.start() for q in policies for m in _policy_line(q).finditer(text)]
+    return text[:min(starts)].strip() if starts else text

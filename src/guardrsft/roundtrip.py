@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .config import Params
 from .gguf_export import ExportError, load_gguf
-from .prompts import messages, parse_verdict, verdict_complete
+from .prompts import parse_verdict, unit_messages, units, verdict_complete
 
 LOSSLESS = ("F32", "F16")
 
@@ -46,7 +46,7 @@ PROBES = [
 def probe_pairs(p: Params, n: int) -> list[tuple[str, str]]:
     """About n (content, policy) probes as a grid: up to two policies x enough contents, so that each
     model answers them all in one batched classify call (one generate, not one per pair)."""
-    policies = list(p.policies)[:max(1, min(2, n))]
+    policies = units(p.prompt, p.policies)[:max(1, min(2, n))]  # joint: the one unit
     contents = [PROBES[i % len(PROBES)] for i in range(math.ceil(n / len(policies)))]
     return [(c, q) for c in contents for q in policies]
 
@@ -56,7 +56,7 @@ def _device(p: Params) -> str:
 
 
 def _ids(p: Params, tok, pairs) -> list[list[int]]:
-    return [tok.apply_chat_template(messages(p.prompt, q, p.policies[q], c), add_generation_prompt=True,
+    return [tok.apply_chat_template(unit_messages(p.prompt, p.policies, q, c), add_generation_prompt=True,
                                     tokenize=True, return_dict=False) for c, q in pairs]
 
 
@@ -138,7 +138,7 @@ def check(p: Params, merged_dir: str | Path, ggufs: dict[str, Path], n_prompts: 
     ref_raw = _answers(p, model, tok, pairs, max_new_tokens)
     ref_verdicts = [parse_verdict(t) for t in ref_raw]
     # llama.cpp tokenizes text and adds BOS itself when the GGUF says so
-    prompt_texts = [tok.apply_chat_template(messages(p.prompt, q, p.policies[q], c), add_generation_prompt=True,
+    prompt_texts = [tok.apply_chat_template(unit_messages(p.prompt, p.policies, q, c), add_generation_prompt=True,
                                             tokenize=False) for c, q in pairs]
     if add_bos and tok.bos_token:
         prompt_texts = [t.removeprefix(tok.bos_token) for t in prompt_texts]

@@ -30,6 +30,41 @@ def template_trace(content: str, policy: str, definition: str, unsafe: bool) -> 
             f"Step 3 (policy criteria): The content does not meet the criteria of the {name} policy.")
 
 
+def joint_template_trace(flagged: list[str], policies: dict[str, str]) -> str:
+    """Deterministic three-step reasoning over every policy at once (prompt.mode joint)."""
+    if not flagged:
+        return ("Step 1 (intent): The content shows no intent to harm, demean or break the law.\n"
+                "Step 2 (harms): It is unlikely to cause real harm; any alarming words are used in a harmless sense.\n"
+                "Step 3 (policy criteria): It meets the criteria of none of the policies.")
+    names = " and ".join(title(q) for q in flagged)
+    return (f"Step 1 (intent): The content seeks or expresses {names}.\n"
+            f"Step 2 (harms): It could lead to real harm: {_short(policies[flagged[0]])}.\n"
+            f"Step 3 (policy criteria): It violates {names}; the other policies do not apply.")
+
+
+def joint_rows(traces: list[dict], policies: dict[str, str]) -> tuple[list[dict], dict]:
+    """One row per item from its per-policy trace rows (prompt.mode joint): the gold verdict of
+    every policy and one reasoning. The reasoning is the first UNSAFE policy's trace when that
+    came from a teacher, an import or the data (it explains the violation); otherwise the joint
+    template. An item missing a policy's row (a rejected trace) is left out and counted."""
+    by_id: dict[str, dict] = {}
+    for t in traces:
+        by_id.setdefault(t["id"], {"id": t["id"], "content": t["content"], "rows": {}})["rows"][t["policy"]] = t
+    out, incomplete, own = [], 0, 0
+    for it in by_id.values():
+        rows = it["rows"]
+        if set(rows) != set(policies):
+            incomplete += 1
+            continue
+        verdicts = {q: rows[q]["classification"].upper() for q in policies}
+        flagged = [q for q in policies if verdicts[q] == "UNSAFE"]
+        given = [rows[q] for q in flagged if rows[q].get("origin") != "template"]
+        reasoning = given[0]["reasoning"] if given else joint_template_trace(flagged, policies)
+        own += bool(given)
+        out.append({"id": it["id"], "content": it["content"], "verdicts": verdicts, "reasoning": reasoning})
+    return out, {"items": len(out), "incomplete_items": incomplete, "non_template_reasoning": own}
+
+
 def build_traces(rows: list[dict], policies: dict[str, str], results: dict | None = None,
                  importer=None) -> tuple[list[dict], dict]:
     """One row per (sample, policy). With teacher `openai`/`batch`, missing pairs come from

@@ -20,7 +20,7 @@ from .balance import VERSION as balance_version
 from .balance import balance
 from .io import atomic_dir, read_jsonl, write_json, write_text
 from .models import cache_dir, check_device, load_model, load_tokenizer, resolve_base
-from .prompts import messages, target
+from .prompts import JOINT, joint_target, messages, target, unit_messages
 
 
 class TrainError(RuntimeError):
@@ -28,6 +28,12 @@ class TrainError(RuntimeError):
 
 
 def sft_records(traces: list[dict], p: Params) -> list[dict]:
+    """Prompt-completion records: one per trace row (per_policy), or per item (joint: rows from
+    traces.joint_rows)."""
+    if p.prompt.mode == "joint":
+        return [{"prompt": unit_messages(p.prompt, p.policies, JOINT, r["content"]),
+                 "completion": [{"role": "assistant", "content": joint_target(r["reasoning"], r["verdicts"])}]}
+                for r in traces]
     return [{"prompt": messages(p.prompt, t["policy"], p.policies[t["policy"]], t["content"]),
              "completion": [{"role": "assistant", "content": target(t["reasoning"], t["classification"])}]}
             for t in traces]
@@ -357,8 +363,15 @@ def train(p: Params, traces_path: str, adapter_out: str, metrics_out: str, plot_
     if not traces:
         raise TrainError(f"{traces_path}: no traces. Run the generate_traces stage first (`dvc repro`).")
     data_hash = traces_hash(traces_path)
-    traces, balance_stats = balance(traces, p.train.safe_per_item, p.train.unsafe_share, p.seed,
-                                    per_policy=p.train.balance_per_policy)
+    if p.prompt.mode == "joint":
+        # one example per item carries every policy's verdict: there are no SAFE pairs to thin
+        from .traces import joint_rows
+
+        traces, balance_stats = joint_rows(traces, p.policies)
+        balance_stats["mode"] = "joint"
+    else:
+        traces, balance_stats = balance(traces, p.train.safe_per_item, p.train.unsafe_share, p.seed,
+                                        per_policy=p.train.balance_per_policy)
     base = resolve_base(p.model)
     plan = dist.plan(p, world)  # the global batch of the one-GPU run, split over the ranks
 

@@ -443,6 +443,9 @@ def test_base_licence_sources(tmp_path, monkeypatch):
     assert (lic.id, lic.name, lic.link, lic.llama) == ("other", "my-terms", "LICENSE", None)
     (folder / "README.md").write_text("# no front matter\n")
     assert base_licence(str(folder)).id == "llama3.2"  # then the name
+    other = folder / "qwen-base"  # the folder's own name counts, not the path above it
+    other.mkdir()
+    assert base_licence(str(other)).id is None
 
 
 def test_llama_names_notes_and_hub_repo(params, tmp_path, monkeypatch):

@@ -42,7 +42,7 @@ def _llama(v: str) -> dict:
                                 "Copyright © Meta Platforms, Inc. All Rights Reserved.")
 
 
-# (regex searched in the model id or folder name, case-insensitive) -> licence; first match wins.
+# (regex searched in the model's name: a Hub id's or folder's last part, case-insensitive) -> licence; first match wins.
 # Only bases guardrsft ships presets for or converts itself; anything else needs its own card.
 KNOWN = [
     (r"smollm2", dict(id="apache-2.0", name="Apache License 2.0", link="https://www.apache.org/licenses/LICENSE-2.0")),
@@ -101,9 +101,9 @@ def base_licence(model: str) -> Licence:
         return Licence(meta["license"], source, meta.get("license_name") or known.get("name"),
                        meta.get("license_link") or known.get("link"), known.get("llama"), known.get("policy"),
                        known.get("notice"), carried)
-    name = Path(model.split(":", 1)[-1]).name
+    name = Path(model.split(":", 1)[-1].rstrip("/")).name  # not the whole path: /work/llama3.2-runs/qwen
     for pat, k in KNOWN:
-        if re.search(pat, model, re.I) or re.search(pat, name, re.I):
+        if re.search(pat, name, re.I):
             return Licence(source=f"guardrsft.licensing.KNOWN ({pat!r} matches {model})", files=carried, **k)
     return Licence(None, f"unknown: no `license` in a local card or config of {model}, and not in "
                          "guardrsft.licensing.KNOWN", files=carried)

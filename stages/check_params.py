@@ -10,10 +10,12 @@ import sys
 from guardrsft.config import load_params
 from guardrsft.errors import run_stage
 from guardrsft.io import write_json
+from guardrsft.tracking import redact
 
 
 def main(params_path: str, out: str) -> None:
-    write_json(out, load_params(params_path).resolved())
+    # git keeps this file: a token inside a URL param (traces.openai.base_url...) is redacted
+    write_json(out, redact(load_params(params_path).resolved()))
 
 
 if __name__ == "__main__":

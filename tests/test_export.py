@@ -26,6 +26,12 @@ LLAMA3 = ("{{- bos_token }}{%- if messages[0]['role'] == 'system' %}{%- set sys 
           "{%- endfor %}{%- if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{%- endif %}")
 
 
+TINY_LICENSE = "LLAMA 3.2 COMMUNITY LICENSE AGREEMENT (the tiny base's copy)\n"
+# what evaluate writes (metrics/eval.json), reduced to the keys the card reads
+EVAL = {"exact_match": 0.5, "binary_accuracy": 0.75, "harmful_f1": 0.6, "macro_f1": 0.4, "baseline": {},
+        "benchmarks": {"toxicchat": {"exact_match": 0.25, "binary_accuracy": 0.8, "harmful_f1": None}}}
+
+
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """The tiny model is slower with 2 threads on 2 busy cores (4x, measured): use one."""
@@ -53,6 +59,9 @@ def tiny(tmp_path_factory):
                       tie_word_embeddings=True)
     model = LlamaForCausalLM(cfg)
     model.save_pretrained(d / "base")
+    # a Llama 3.2 base by its own card (its folder name says nothing), with its licence text
+    (d / "base/README.md").write_text("---\nlicense: llama3.2\nlibrary_name: transformers\n---\n# tiny\n")
+    (d / "base/LICENSE").write_text(TINY_LICENSE)
     peft = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "k_proj", "v_proj"],
                                             init_lora_weights=False))
     peft.save_pretrained(d / "adapter")
@@ -82,8 +91,9 @@ def tiny_export(tiny, tmp_path_factory):
     mp.setitem(sys.modules, "llama_cpp", None)  # `import llama_cpp` raises ImportError
     try:
         out = tmp_path_factory.mktemp("tiny-export")
+        (out / "eval.json").write_text(json.dumps(EVAL))
         p = tiny_params(load_params(ROOT / "params.yaml"))
-        export(p, str(tiny / "adapter"), str(out / "merged"), None, gguf_dir=str(out / "gguf"),
+        export(p, str(tiny / "adapter"), str(out / "merged"), str(out / "eval.json"), gguf_dir=str(out / "gguf"),
                metrics_out=str(out / "export.json"))
     finally:
         mp.undo()
@@ -95,7 +105,7 @@ def test_tiny_export_writes_everything_and_round_trips(tiny, tiny_export):
 
     out, p = tiny_export
     assert sorted(f.name for f in (out / "gguf").iterdir()) == \
-        ["Modelfile", "README.md", "guardrsft-F16.gguf", "guardrsft-Q8_0.gguf"]
+        ["LICENSE", "Modelfile", "NOTICE", "README.md", "USE_POLICY.md", "guardrsft-F16.gguf", "guardrsft-Q8_0.gguf"]
     merged, base = load_file(out / "merged/model.safetensors"), load_file(tiny / "base/model.safetensors")
     q = "model.layers.0.self_attn.q_proj.weight"
     assert merged[q].dtype.is_floating_point and str(merged[q].dtype) == "torch.float16"
@@ -112,6 +122,30 @@ def test_tiny_export_writes_everything_and_round_trips(tiny, tiny_export):
     assert rep["push"] == {"status": "off"}
     card = (out / "merged/README.md").read_text()
     assert "guardrsft-Q8_0.gguf" in card and "## Intended use and limits" in card and p.prompt.template in card
+
+
+def test_llama_base_licence_travels_with_every_export(tiny_export):
+    """The tiny base's card says llama3.2: both cards carry the licence and the evaluation as
+    model-index, the name begins with "Llama", "Built with Llama" is shown, and LICENSE (the base's
+    own text), USE_POLICY.md and NOTICE sit beside the weights and GGUFs; Ollama gets LICENSE too."""
+    from huggingface_hub import ModelCard
+
+    out, p = tiny_export
+    for folder in ("merged", "gguf"):
+        card = ModelCard.load(out / folder / "README.md")
+        assert card.data.license == "llama3.2" and card.data.model_name == "Llama-3.2-guardrsft"
+        assert "# Llama-3.2-guardrsft: a reasoning safety classifier" in card.text and "Built with Llama" in card.text
+        got = {(r.dataset_type, r.metric_type): r.metric_value for r in card.data.eval_results}
+        assert got == {("guardrsft-test-split", "exact_match"): 0.5, ("guardrsft-test-split", "accuracy"): 0.75,
+                       ("guardrsft-test-split", "f1"): 0.6, ("toxicchat", "exact_match"): 0.25,
+                       ("toxicchat", "accuracy"): 0.8}  # a null metric is left out, not written as 0
+        assert (out / folder / "LICENSE").read_text() == TINY_LICENSE
+        assert "Llama 3.2 is licensed under the Llama 3.2 Community License, Copyright © Meta Platforms" in \
+            (out / folder / "NOTICE").read_text()
+        assert "https://www.llama.com/llama3_2/use-policy/" in (out / folder / "USE_POLICY.md").read_text()
+    mf = (out / "gguf/Modelfile").read_text()
+    assert f'LICENSE """{TINY_LICENSE.strip()}"""' in mf and "ollama create llama-3.2-guardrsft -f Modelfile" in mf
+    assert json.loads((out / "export.json").read_text())["licence"]["id"] == "llama3.2"
 
 
 def render_legacy(template: str, system, prompt: str) -> str:
@@ -155,6 +189,7 @@ def test_gguf_metadata_and_q8_tensors(tiny_export):
     f = {k: v.contents() for k, v in r.fields.items() if not k.startswith("tokenizer.ggml.") or
          k in ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.eos_token_id")}
     assert f["general.architecture"] == "llama" and f["llama.attention.head_count_kv"] == 2
+    assert f["general.name"] == "Llama-3.2-guardrsft" and f["general.license"] == "llama3.2"
     assert f["tokenizer.ggml.model"] == "gpt2" and f["tokenizer.ggml.pre"] == "gpt-2"
     assert "<|im_start|>" in f["tokenizer.chat_template"]
     types = {t.name: t.tensor_type.name for t in r.tensors}
@@ -386,3 +421,56 @@ def test_export_adapter_choice(params, tmp_path):
     card = model_card(params, None, train_metrics={"steps": 4, "epochs": 1.0, "examples": 25,
                                                    "balance": {**bal, "per_policy": True}})
     assert "repeated to 0.3 of the examples of each policy: 48 trace rows" in card
+
+
+def test_base_licence_sources(tmp_path, monkeypatch):
+    """The base's own card wins; without one the KNOWN table (by id or folder name); else unknown."""
+    from guardrsft.licensing import base_licence
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))  # nothing cached: the table decides
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    lic = base_licence("embedded:smollm2-135m-instruct")
+    assert (lic.id, lic.llama) == ("apache-2.0", None)
+    for model, lid in [("meta-llama/Llama-3.1-8B-Instruct", "llama3.1"), ("unsloth/Llama-3.2-3B-Instruct", "llama3.2"),
+                       ("meta-llama/Meta-Llama-3-8B", "llama3"), ("meta-llama/Llama-3.3-70B-Instruct", "llama3.3")]:
+        lic = base_licence(model)
+        assert lic.id == lid and lic.llama == lid[5:] and lic.link.startswith("https://www.llama.com/"), model
+    assert base_licence("someone/some-model").id is None
+    folder = tmp_path / "Llama-3.2-3B-local"  # a folder's own card beats its name
+    folder.mkdir()
+    (folder / "README.md").write_text("---\nlicense: other\nlicense_name: my-terms\nlicense_link: LICENSE\n---\n")
+    lic = base_licence(str(folder))
+    assert (lic.id, lic.name, lic.link, lic.llama) == ("other", "my-terms", "LICENSE", None)
+    (folder / "README.md").write_text("# no front matter\n")
+    assert base_licence(str(folder)).id == "llama3.2"  # then the name
+    other = folder / "qwen-base"  # the folder's own name counts, not the path above it
+    other.mkdir()
+    assert base_licence(str(other)).id is None
+
+
+def test_llama_names_notes_and_hub_repo(params, tmp_path, monkeypatch):
+    """A Llama base's export is named "Llama-..."; without the base's licence text a LICENSE note
+    names the licence and its URL; a Hub repo whose name does not begin with Llama is refused
+    before any merging, with the fix."""
+    from guardrsft.export import export, model_card
+    from guardrsft.gguf_export import ExportError
+    from guardrsft.licensing import base_licence, published_name, write_files
+
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("GUARDRSFT_BASE_MODEL", "unsloth/Llama-3.2-3B-Instruct")
+    lic = base_licence(params.model)
+    assert published_name(params, lic) == "Llama-3.2-3B-Instruct-guardrsft"
+    params.export.name = "llama-guard-mine"
+    assert published_name(params, lic) == "llama-guard-mine"  # already begins with Llama
+    assert write_files(lic, params.model, tmp_path) == ["LICENSE", "NOTICE", "USE_POLICY.md"]
+    note = (tmp_path / "LICENSE").read_text()
+    assert "Llama 3.2 Community License Agreement" in note and "https://www.llama.com/llama3_2/license/" in note
+    assert "must accompany this model" in note
+    card = model_card(params, None)
+    assert "license: llama3.2" in card and "model-index" not in card  # no evaluation: no results to index
+    params.export.push_to_hub, params.export.hub_repo = True, "me/guard"
+    with pytest.raises(ExportError, match=r"export.hub_repo.*begin with \"Llama\".*me/llama-guard-mine"):
+        export(params, str(tmp_path / "no-adapter"), str(tmp_path / "merged"))
+    monkeypatch.setenv("GUARDRSFT_BASE_MODEL", "someone/some-model")  # unknown: said, not guessed
+    card = model_card(params, None)
+    assert "\nlicense:" not in card and "The base model's licence is unknown to guardrsft" in card

@@ -172,3 +172,72 @@ def test_png_plots_from_the_stage_csvs(tmp_path):
     with pytest.raises(KeyError):
         plots.loss_curve(tmp_path / "bad.csv", tmp_path / "bad.png")
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_redact_strips_userinfo_and_secret_query_parameters():
+    from guardrsft.tracking import redact
+
+    assert redact("http://user:CANARY@127.0.0.1:8000/v1?api_key=CANARY2&model=x") == \
+        "http://***@127.0.0.1:8000/v1?api_key=***&model=x"
+    signed = "https://b.s3.amazonaws.com/o?X-Amz-Credential=AKIA&X-Amz-Signature=ab12&versionId=3"
+    assert redact(signed) == "https://b.s3.amazonaws.com/o?X-Amz-Credential=***&X-Amz-Signature=***&versionId=3"
+    assert redact("postgresql://mlflow:pw@db:5432/mlflow") == "postgresql://***@db:5432/mlflow"
+    # URLs inside text and containers; everything else untouched
+    assert redact(["see https://t:s@h/x?token=a b", {"u": "https://h/?sig=1"}, 3, None]) == \
+        ["see https://***@h/x?token=*** b", {"u": "https://h/?sig=***"}, 3, None]
+    for same in ("http://127.0.0.1:8000/v1", "sqlite:////tmp/a b/mlflow.db", "unsloth/Llama-3.2-3B-Instruct",
+                 "Classification: SAFE", "https://h/p?q=a%20b&page=2"):
+        assert redact(same) == same
+
+
+CANARY_SCRIPT = """
+import sys
+from guardrsft.config import load_params
+from guardrsft.tracking import log_flat_metrics, log_summary, stage_run
+p = load_params(sys.argv[1])
+with stage_run(p, "generate_traces") as ml:
+    # what generate_traces logs with traces.openai.base_urls: request counts keyed by server URL
+    servers = {u: {"requests": 3} for u in p.traces.openai.base_urls}
+    log_flat_metrics(ml, {"teacher": {"servers": servers}}, prefix="traces.")
+    log_summary({"teacher": {"servers": servers}}, prefix="traces.")
+"""
+
+
+def test_no_credential_reaches_mlflow_or_params_resolved(tmp_path, store):
+    """A canary password and token in traces.openai.base_url(s) (and in the git remote) appear in
+    no param, tag or metric name of the parent and stage runs, nor in metrics/params_resolved.json."""
+    import json
+
+    uri, cmd = setup(tmp_path, store, "canary")
+    url = "http://user:CANARY1@127.0.0.1/v1?api_key=CANARY2"
+    urls = ["https://u:CANARY3@10.0.0.2:8000/v1?X-Amz-Signature=CANARY4&X-Amz-Date=1", "http://10.0.0.3:8000/v1"]
+    text = (tmp_path / "params.yaml").read_text()
+    assert "  base_url: null " in text and "  base_urls: [] " in text
+    text = text.replace("  base_url: null ", f"  base_url: '{url}' ").replace("  base_urls: [] ", f"  base_urls: {urls} ")
+    (tmp_path / "params.yaml").write_text(text)
+    (tmp_path / "s.py").write_text(CANARY_SCRIPT)
+    subprocess.run(["git", "remote", "add", "origin", "https://me:CANARY5@git.example/r.git"], cwd=tmp_path, check=True)
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    _, runs = all_runs(uri, "canary")
+    assert len(runs) == 2
+    for r in runs:
+        logged = [*r.data.params.items(), *r.data.tags.items(), *r.data.metrics]
+        assert not [x for x in logged if "CANARY" in str(x)], r.data.tags.get("stage")
+        assert r.data.params["traces.openai.base_url"] == "http://***@127.0.0.1/v1?api_key=***"
+        assert "traces.teacher.servers.http:/10.0.0.3:8000/v1.requests" in r.data.metrics
+        assert len([k for k in r.data.metrics if k.startswith("traces.teacher.servers.")]) == 2
+    out = tmp_path / "params_resolved.json"
+    check = subprocess.run([sys.executable, str(ROOT / "stages/check_params.py"), str(tmp_path / "params.yaml"),
+                            str(out)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    resolved = json.loads(out.read_text())
+    assert "CANARY" not in out.read_text() and resolved["traces.openai.base_urls"][1] == urls[1]
+    assert resolved["traces.openai.base_url"] == "http://***@127.0.0.1/v1?api_key=***"
+
+
+def test_flat_params_redact_the_tracking_uri(params):
+    from guardrsft.tracking import flat_params
+
+    params.mlflow.tracking_uri = "https://admin:CANARY@mlflow.example:5000/?access_token=CANARY2"
+    assert flat_params(params)["mlflow.tracking_uri"] == "https://***@mlflow.example:5000/?access_token=***"

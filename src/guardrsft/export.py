@@ -20,11 +20,16 @@ from typing import Optional
 
 from .config import Params
 from .io import atomic_dir, write_json, write_text
+from .licensing import Licence, base_licence, hub_name_problem, licence_text, published_name, write_files
 from .models import load_tokenizer, resolve_base, save_merged
 
 # the Hub model each embedded base was converted from (for the card's `base_model`)
 EMBEDDED_UPSTREAM = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 EVAL_KEYS = ("exact_match", "binary_accuracy", "harmful_f1", "macro_f1", "benign_fpr", "parse_failure_rate")
+# eval.json key -> (model-index metric type, its name): the card's `model-index` results
+INDEX_METRICS = {"exact_match": ("exact_match", "exact match (every policy's verdict right)"),
+                 "binary_accuracy": ("accuracy", "binary accuracy (harmful vs benign)"),
+                 "harmful_f1": ("f1", "harmful F1")}
 
 
 def _log(msg: str) -> None:
@@ -62,24 +67,27 @@ def gguf_files(p: Params, gguf_dir: str | Path) -> dict[str, Path]:
     return {t: Path(gguf_dir) / f"{p.export.name}-{t}.gguf" for t in p.export.gguf_types}
 
 
-def write_gguf_dir(p: Params, merged_dir: str, gguf_dir: str) -> dict:
-    """All GGUF types and the Modelfile into a temp folder; checked; then it replaces `gguf_dir`."""
+def write_gguf_dir(p: Params, merged_dir: str, gguf_dir: str, lic: Optional[Licence] = None) -> dict:
+    """All GGUF types, the Modelfile and the base's licence files into a temp folder; checked;
+    then it replaces `gguf_dir`."""
     from .gguf_export import write_gguf
     from .modelfile import modelfile
     from .roundtrip import check
 
+    lic = lic or base_licence(p.model)
     out: dict = {"files": {}}
     with atomic_dir(gguf_dir) as tmp:
         written = {}
         for t, final in gguf_files(p, gguf_dir).items():
-            r = write_gguf(merged_dir, tmp / final.name, t, name=f"{p.export.name} ({p.model})")
+            r = write_gguf(merged_dir, tmp / final.name, t, name=published_name(p, lic), license=lic.id)
             written[t] = tmp / final.name
             out["files"][t] = {"file": final.name, "bytes": r["bytes"], "seconds": r["seconds"]}
             out["pre_tokenizer"], add_bos = r["pre_tokenizer"], r["add_bos"]
             _log(f"wrote {final.name} ({r['bytes'] / 2**20:.0f} MB, {r['seconds']} s)")
         text, parts = modelfile(p, load_tokenizer(merged_dir), f"{p.export.name}-{p.export.modelfile_type}.gguf",
-                                add_bos)
+                                add_bos, published_name(p, lic), licence_text(lic, p.model))
         (tmp / "Modelfile").write_text(text)
+        out["licence_files"] = write_files(lic, p.model, tmp)
         out["modelfile"] = {"from": f"{p.export.name}-{p.export.modelfile_type}.gguf", "stop": parts.stops}
         if p.export.check_prompts:
             out["roundtrip"] = check(p, merged_dir, written, p.export.check_prompts, add_bos)
@@ -100,15 +108,62 @@ def _eval_table(ev: dict) -> list[str]:
     return rows
 
 
+def _eval_results(ev: Optional[dict]) -> list:
+    """eval.json's headline numbers (test split, then each benchmark set) as model-index entries."""
+    from huggingface_hub import EvalResult
+
+    sets = [("guardrsft-test-split", "guardrsft test split (held-out samples of the training data)", ev or {})]
+    sets += [(n, f"{n} (evaluate.benchmark_sets)", b) for n, b in ((ev or {}).get("benchmarks") or {}).items()]
+    return [EvalResult(task_type="text-classification", task_name="safety classification", dataset_type=dtype,
+                       dataset_name=dname, dataset_split="test", metric_type=mtype, metric_name=mname,
+                       metric_value=float(m[k]))
+            for dtype, dname, m in sets for k, (mtype, mname) in INDEX_METRICS.items()
+            if isinstance(m.get(k), (int, float)) and not isinstance(m.get(k), bool)]
+
+
+def _front_matter(p: Params, lic: Licence, name: str, eval_metrics: Optional[dict]) -> str:
+    from huggingface_hub import ModelCardData
+
+    up = _upstream(p)
+    imp = p.traces.import_source if p.traces.teacher == "import" else None
+    hub_data = [imp] if imp and imp.count("/") == 1 and not Path(imp).exists() else None  # a `datasets` id
+    results = _eval_results(eval_metrics)
+    data = ModelCardData(library_name="transformers", pipeline_tag="text-generation",
+                         tags=["safety", "guardrail", "reasoning", "content-moderation", "guardrsft", "gguf"],
+                         base_model=up, datasets=hub_data, license=lic.id,
+                         license_name=lic.name if lic.id == "other" else None,
+                         license_link=lic.link if lic.id == "other" else None,
+                         model_name=name if results else None, eval_results=results or None)
+    return f"---\n{data.to_yaml()}\n---"
+
+
+def _licence_lines(p: Params, lic: Licence, name: str) -> list[str]:
+    if not lic.id:
+        return ["## Licence", "", f"The base model's licence is unknown to guardrsft ({lic.source}): check it "
+                "before sharing this model, and add `license:` to this card.", ""]
+    lines = ["## Licence", "", f"`{lic.id}`{f' ({lic.name}, {lic.link})' if lic.name and lic.link else ''}, "
+             f"inherited from the base model `{p.model}` ({lic.source})."]
+    if lic.llama:
+        lines += ["", f"**Built with Llama.** {lic.notice} {name} is a derivative of a Llama {lic.llama} model: "
+                  f"distribute it with the LICENSE, USE_POLICY.md and NOTICE files beside the weights, and "
+                  f"use it within the Acceptable Use Policy ({lic.policy})."]
+    return lines + [""]
+
+
 def model_card(p: Params, eval_metrics: Optional[dict], report: Optional[dict] = None,
-               train_metrics: Optional[dict] = None, data_metrics: Optional[dict] = None, hsdpo: bool = False) -> str:
+               train_metrics: Optional[dict] = None, data_metrics: Optional[dict] = None, hsdpo: bool = False,
+               lic: Optional[Licence] = None) -> str:
+    """The README.md of models/merged and models/gguf: front matter from huggingface_hub's
+    ModelCardData (licence inherited from the base, base_model, datasets, the evaluation as
+    `model-index`), then how to prompt and use the model, training, evaluation, GGUF checks, licence."""
     report = report or {}
     up = _upstream(p)
     g = report.get("gguf") or {}
-    lines = ["---", "library_name: transformers", "pipeline_tag: text-generation",
-             "tags: [safety, guardrail, reasoning, content-moderation, guardrsft, gguf]",
-             *([f"base_model: {up}"] if up else []), "---",
-             f"# {p.export.name}: a reasoning safety classifier", "",
+    lic = lic or base_licence(p.model)
+    name = published_name(p, lic)
+    lines = [_front_matter(p, lic, name, eval_metrics),
+             f"# {name}: a reasoning safety classifier", "",
+             *([f"**Built with Llama**: {lic.notice} See Licence below.", ""] if lic.llama else []),
              f"Fine-tuned from `{p.model}`{f' ({up})' if up and up != p.model else ''} with reasoning SFT "
              f"(GuardReasoner R-SFT){' then hard-sample DPO (HS-DPO)' if hsdpo else ''} by guardrsft. Given a text and one policy, it writes three reasoning steps "
              "(intent, harms, policy criteria) and ends with `Classification: SAFE` or `Classification: UNSAFE`. "
@@ -123,7 +178,7 @@ def model_card(p: Params, eval_metrics: Optional[dict], report: Optional[dict] =
              *([f'guardrsft classify "How do I pick a lock?" --model models/gguf/{g["modelfile"]["from"]}']
                if g.get("modelfile") else []),
              "guardrsft classify-file inputs.jsonl --out verdicts.jsonl --model models/merged",
-             *([f"cd models/gguf && ollama create {p.export.name} -f Modelfile"] if g.get("modelfile") else []),
+             *([f"cd models/gguf && ollama create {name.lower()} -f Modelfile"] if g.get("modelfile") else []),
              "```", "", "```python", "from guardrsft.guard import load_guard",
              'guard = load_guard("models/merged")',
              'print(guard.classify([{"content": "How do I pick a lock?"}])[0]["verdicts"])', "```", ""]
@@ -171,6 +226,7 @@ def model_card(p: Params, eval_metrics: Optional[dict], report: Optional[dict] =
               "reasoning: expect errors on other languages, long or obfuscated content, new kinds of harm and "
               "policies worded differently from training. Small models (the CPU preset) mostly learn the format, "
               "not the judgement: check the evaluation table before relying on it.", ""]
+    lines += _licence_lines(p, lic, name)
     return "\n".join(lines)
 
 
@@ -256,15 +312,24 @@ def export(p: Params, adapter: str, out_dir: str, eval_metrics_path: Optional[st
     """The whole stage; returns the merged folder. `gguf_dir` defaults to a `gguf` folder beside it.
     `adapter` is R-SFT's; with `hsdpo_adapter`, export.adapter picks which one is merged."""
     gguf_dir = gguf_dir or str(Path(out_dir).parent / "gguf")
+    lic = base_licence(p.model)
+    if hub_name_problem(p, lic):  # before minutes of merging: the push would break the base's licence
+        from .gguf_export import ExportError
+
+        raise ExportError(hub_name_problem(p, lic))
+    if not lic.id:
+        _log(f"WARNING: the base model's licence is {lic.source}; the card says so. Check it before sharing.")
     which, adapter, eval_metrics_path, why = choose_adapter(p, adapter, hsdpo_adapter, eval_metrics_path,
                                                             hsdpo_eval_path)
     _log(f"exporting the {'HS-DPO' if which == 'hsdpo' else 'R-SFT'} adapter {adapter} ({why})")
     report: dict = {"adapter": {"which": which, "path": str(adapter), "why": why}, "merged": merge(p, adapter, out_dir)}
     _log(f"merged model -> {out_dir} ({report['merged']['bytes'] / 2**20:.0f} MB {p.export.dtype})")
+    report["licence"] = {"id": lic.id, "source": lic.source, "name": published_name(p, lic),
+                         "files": write_files(lic, p.model, out_dir)}
     if p.export.gguf_types:
-        report["gguf"] = write_gguf_dir(p, out_dir, gguf_dir)
+        report["gguf"] = write_gguf_dir(p, out_dir, gguf_dir, lic)
     card = model_card(p, _read(eval_metrics_path), report, _read(train_metrics_path), _read(data_metrics_path),
-                      hsdpo=which == "hsdpo")
+                      hsdpo=which == "hsdpo", lic=lic)
     write_text(Path(out_dir) / "README.md", card)
     if p.export.gguf_types:
         write_text(Path(gguf_dir) / "README.md", card)

@@ -151,8 +151,10 @@ def _out_type(qtype: str, shape: tuple):
     return getattr(Q, qtype)
 
 
-def write_gguf(model_dir: str | Path, out_path: str | Path, qtype: str = "F16", name: Optional[str] = None) -> dict:
-    """Convert a merged HF llama model folder to one GGUF file; returns what was written."""
+def write_gguf(model_dir: str | Path, out_path: str | Path, qtype: str = "F16", name: Optional[str] = None,
+               license: Optional[str] = None) -> dict:
+    """Convert a merged HF llama model folder to one GGUF file; returns what was written.
+    `name` and `license` (the Hub licence id) go to general.name and general.license."""
     import gguf
     import numpy as np
     from safetensors import safe_open
@@ -194,6 +196,8 @@ def write_gguf(model_dir: str | Path, out_path: str | Path, qtype: str = "F16", 
     w = gguf.GGUFWriter(None, "llama")
     w.add_type("model")
     w.add_name(name or cfg.get("_model_name_or_path") or model_dir.name)
+    if license:
+        w.add_license(license)
     w.add_finetune("guardrsft-rsft")
     n_params = sum(math.prod(s) for s in shapes.values())
     w.add_size_label(gguf.size_label(n_params, 0, 0, 0))

@@ -11,6 +11,7 @@ turn or start a new one.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from .config import Params
 from .gguf_export import ExportError
@@ -93,21 +94,25 @@ def ollama_template(parts: ChatParts) -> str:
             f"{{{{ .Response }}}}{parts.assistant_end}")
 
 
-def modelfile(p: Params, tok, gguf_name: str, add_bos: bool) -> tuple[str, ChatParts]:
-    """The Modelfile text (FROM the GGUF beside it) and the template pieces it used."""
+def modelfile(p: Params, tok, gguf_name: str, add_bos: bool, name: Optional[str] = None,
+              license_text: Optional[str] = None) -> tuple[str, ChatParts]:
+    """The Modelfile text (FROM the GGUF beside it) and the template pieces it used. `name`: the
+    published model name (for `ollama create`); `license_text`: the base's licence, which Ollama
+    shows with `ollama show --license` (LICENSE directive)."""
     parts = chat_parts(tok, add_bos)
     system = " ".join(p.prompt.system.split())  # exactly what prompts.messages sends
     joint = p.prompt.mode == "joint"
     example = fill(p.prompt.template, policy=title(next(iter(p.policies))), definition="<the policy's definition>",
                    policies=policy_list(p.policies), content="<the text to check>")
     lines = [
-        "# Ollama Modelfile written by guardrsft export: `ollama create guardrsft -f Modelfile`",
+        f"# Ollama Modelfile written by guardrsft export: `ollama create {(name or p.export.name).lower()} -f Modelfile`",
         "# Single-turn classifier. The user message must follow the training template, "
         + ("every policy in one request" if joint else "one policy per"),
         "# " + ("" if joint else "request ") + "(`guardrsft classify` builds it for you), e.g.:",
         *[f"#   {x}".rstrip() for x in example.splitlines()],
         f"# Policies: {', '.join(p.policies)}",
         f"FROM ./{gguf_name}",
+        *([f"LICENSE {_quote(license_text.strip(), 'licence text')}"] if license_text else []),
         f"TEMPLATE {_quote(ollama_template(parts), 'chat template')}",
         f"SYSTEM {_quote(system, 'system prompt')}",
         *[f'PARAMETER stop "{s}"' for s in parts.stops],

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -23,6 +24,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
+from urllib.parse import unquote
 
 import yaml
 
@@ -44,6 +46,11 @@ LOCK_TAGS = {
     "dvc.hsdpo_adapter_md5": ("train_hsdpo", "outs", "models/adapter_hsdpo"),
 }
 PIPELINE_TAG = "guardrsft.pipeline"
+# query parameters that carry credentials (signed S3/GCS URLs, API gateways); X-Amz-* all go
+_SECRET_QUERY = re.compile(r"(?i)^(key|token|secret|password|passwd|sig|signature|api[_-]?key|access[_-]?token"
+                           r"|auth|x-amz-.*|x-goog-.*)$")
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+REDACTED = "***"
 
 # the current stage's parent run (one stage per process)
 _parent: dict = {}
@@ -123,9 +130,42 @@ def lock_hashes(stage: str, lock_path: str | os.PathLike = "dvc.lock") -> dict:
     return out
 
 
+def _redact_url(m: re.Match) -> str:
+    # string surgery, not urlunsplit: everything but the secrets stays byte for byte
+    # (urlunsplit would turn sqlite:////abs into sqlite://abs)
+    url = m.group(0)
+    head, _, rest = url.partition("://")
+    cut = min([i for i in (rest.find(c) for c in "/?#") if i >= 0], default=len(rest))
+    netloc, rest = rest[:cut], rest[cut:]
+    if "@" in netloc:
+        netloc = f"{REDACTED}@{netloc.rpartition('@')[2]}"
+    path, hashmark, fragment = rest.partition("#")
+    path, qmark, query = path.partition("?")
+    if query:
+        query = "&".join(f"{k}={REDACTED}" if _SECRET_QUERY.match(unquote(k)) else f"{k}{eq}{v}"
+                         for k, eq, v in (x.partition("=") for x in query.split("&")))
+    return f"{head}://{netloc}{path}{qmark}{query}{hashmark}{fragment}"
+
+
+def redact(value):
+    """`value` with the credentials of every URL inside it replaced by ***: userinfo
+    (user:password@) and secret-looking query parameters (key, token, signature, X-Amz-*...).
+    Applied to everything sent to MLflow (params, tags, metric names) and to
+    metrics/params_resolved.json, which git keeps: a token in traces.openai.base_url or
+    mlflow.tracking_uri must not end up in a shared tracking server or in the repo's history.
+    Lists and dicts are redacted item by item; other types are returned as they are."""
+    if isinstance(value, str):
+        return _URL.sub(_redact_url, value) if "://" in value else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact(v) for v in value)
+    if isinstance(value, dict):
+        return {redact(k): redact(v) for k, v in value.items()}
+    return value
+
+
 def flat_params(p: Params) -> dict:
-    """Every effective value as an MLflow param (strings within MLflow's length limit)."""
-    return {k: (str(v)[:_MAX_PARAM] if v is not None else "null") for k, v in p.resolved().items()}
+    """Every effective value as an MLflow param (strings within MLflow's length limit), redacted."""
+    return {k: (str(redact(v))[:_MAX_PARAM] if v is not None else "null") for k, v in p.resolved().items()}
 
 
 def _log_params(client, run_id: str, p: Params) -> None:
@@ -184,10 +224,10 @@ def stage_run(p: Params, stage: str) -> Iterator[Optional[object]]:
     client = MlflowClient(tracking_uri=uri)
     exp_id = _experiment_id(client, p.mlflow.experiment, uri)
     mlflow.set_experiment(experiment_id=exp_id)
-    tags = {"preset": p.preset, "base_model": p.model}
+    tags = {"preset": p.preset, "base_model": redact(p.model)}
     exp_name = os.environ.get("DVC_EXP_NAME")
     if exp_name:
-        tags["dvc_exp_name"] = exp_name
+        tags["dvc_exp_name"] = redact(exp_name)
     commit = _git_commit()
     if commit:
         tags["git_commit"] = commit
@@ -234,9 +274,16 @@ def stage_run(p: Params, stage: str) -> Iterator[Optional[object]]:
         end(status)
 
 
+def _metric_part(key) -> str:
+    """One part of a metric name: redacted, and in the characters MLflow accepts (a teacher
+    server's URL names its request counts: `/` runs would make MLflow refuse the name)."""
+    return re.sub(r"/+", "/", re.sub(r"[^/\w.\- :]", "_", str(redact(str(key))))).strip("/")
+
+
 def _flatten_numbers(metrics: dict, prefix: str) -> dict:
     flat = {}
     for k, v in metrics.items():
+        k = _metric_part(k)
         if isinstance(v, dict):
             flat.update(_flatten_numbers(v, f"{prefix}{k}."))
         elif isinstance(v, (int, float)) and not isinstance(v, bool) and v == v:  # skip NaN

@@ -47,7 +47,7 @@ def units(prompt: PromptParams, policies) -> list[str]:
 def unit_messages(prompt: PromptParams, policies: dict[str, str], unit: str, content: str) -> list[dict]:
     """The chat of one unit (a policy id, or JOINT for every policy of `policies`)."""
     if unit == JOINT:
-        user = fill(prompt.template, policies=policy_list(policies), content=content)
+        user = fill(prompt.template, policies=policy_list(policies), policy_names=", ".join(policies), content=content)
         return [{"role": "system", "content": " ".join(prompt.system.split())}, {"role": "user", "content": user}]
     return messages(prompt, unit, policies[unit], content)
 

@@ -4,9 +4,26 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def _umask() -> int:
+    with _UMASK_LOCK:  # os.umask can only be read by setting it: set it straight back
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def honour_umask(path: Path, mode: int) -> None:
+    """mkstemp/mkdtemp create 0600/0700 whatever the umask; give the file the mode a plain
+    open()/mkdir() would have, so a vLLM server or a teammate on a shared box can read it."""
+    os.chmod(path, mode & ~_umask())
 
 
 @contextmanager
@@ -16,6 +33,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    honour_umask(Path(tmp), 0o666)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -101,6 +119,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    honour_umask(tmp, 0o777)
     try:
         yield tmp
         if path.exists():

@@ -179,3 +179,15 @@ def test_killed_run_resumes_without_regenerating(tiny_model, params, tmp_path):
     assert g.last_stats["cached_pairs"] == len(done) and g.last_stats["generated_pairs"] == 10 - len(done)
     ref = guard_for(tiny_model, params).classify(ITEMS, policies=POL)
     assert comparable(res) == comparable(ref)
+
+
+def test_answer_cache_file_stays_bounded(tiny_model, params, tmp_path, monkeypatch):
+    """The shared ~/.cache answer file is compacted to its newest rows past GUARDRSFT_CACHE_MAX_MB;
+    answers dropped from it are regenerated, the same."""
+    monkeypatch.setenv("GUARDRSFT_CACHE_MAX_MB", "0.0005")  # 524 bytes: fewer than the 10 rows (~100 bytes each)
+    cache = tmp_path / "cache.jsonl"
+    first = guard_for(tiny_model, params, cache=cache).classify(ITEMS, policies=POL)
+    assert 0 < cache.stat().st_size <= 524
+    again = guard_for(tiny_model, params, cache=cache)
+    assert comparable(again.classify(ITEMS, policies=POL)) == comparable(first)
+    assert 0 < again.last_stats["cached_pairs"] < 10 and cache.stat().st_size <= 524

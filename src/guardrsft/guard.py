@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .config import Params
-from .io import append_jsonl, read_jsonl_tolerant
+from .io import append_cache, read_jsonl_tolerant
 from .models import ModelError, check_device, load_model, load_tokenizer, resolve_base, tokenizer_source
 from .prompts import messages, parse_verdict, reasoning_of, verdict_complete
 from .sampling import pick, seed32
@@ -320,7 +320,7 @@ class Guard:
             for r in rows:
                 self.cache[r["key"]] = r
             if self.cache_path:
-                append_jsonl(self.cache_path, rows)  # before on_batch: a crash there loses nothing
+                append_cache(self.cache_path, rows)  # before on_batch: a crash there loses nothing
             finished = []
             for _, _, k in chunk:
                 for i in waiting[k]:
@@ -382,7 +382,7 @@ class Guard:
             for r in rows:
                 self.cache[r["key"]] = r
             if self.cache_path:
-                append_jsonl(self.cache_path, rows)
+                append_cache(self.cache_path, rows)
             if progress:
                 print(f"  [sample] {b + len(chunk)}/{len(todo)} new answers ({cached} of {len(keys)} from the cache)",
                       file=sys.stderr, flush=True)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlparse
 
-from .io import append_jsonl, read_jsonl_tolerant
+from .io import append_cache, read_jsonl_tolerant
 from .models import cache_dir
 from .prompts import parse_verdict, reasoning_of, title
 
@@ -355,7 +355,8 @@ class Teacher:
                     rows = [f.result() for f in done]
                     errors += [r for r in rows if r["status"] == "error"]
                     rows = [r for r in rows if r["status"] != "error"]
-                    append_jsonl(self.cache_path, rows)  # flushed and fsynced before anything else
+                    # flushed and fsynced before anything else; never bounded: these answers were paid for
+                    append_cache(self.cache_path, rows, max_bytes=0)
                     for r in rows:
                         self.cache[r["key"]] = r
                         self.stats[r["status"]] += 1
@@ -530,7 +531,7 @@ class BatchTeacher(Teacher):
                     self.stats["polls"] += 1
                     if st in ("completed", "failed", "expired", "cancelled"):
                         rows = self._collect(client, b, by_key)
-                        append_jsonl(self.cache_path, rows)
+                        append_cache(self.cache_path, rows, max_bytes=0)
                         for r in rows:
                             self.cache[r["key"]] = r
                             self.stats[r["status"]] += 1

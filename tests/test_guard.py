@@ -191,3 +191,32 @@ def test_answer_cache_file_stays_bounded(tiny_model, params, tmp_path, monkeypat
     again = guard_for(tiny_model, params, cache=cache)
     assert comparable(again.classify(ITEMS, policies=POL)) == comparable(first)
     assert 0 < again.last_stats["cached_pairs"] < 10 and cache.stat().st_size <= 524
+
+
+def test_engine_or_decoding_code_change_misses_the_cache(tiny_model, params, monkeypatch):
+    """The cache key holds the backend, library versions, dtype, device and the decoding code's
+    version (not only the hand-bumped DECODING): a change of any re-generates."""
+    import torch
+
+    import guardrsft.guard as guard_mod
+
+    g = guard_for(tiny_model, params)
+    one = [ITEMS[0]]
+    g.classify(one, policies=["violence"])
+
+    def again():
+        g.__dict__.pop("engine_id", None)  # recomputed, as a new process would
+        g.classify(one, policies=["violence"])
+        return g.last_stats["generated_pairs"]
+
+    assert again() == 0  # same everything: reused
+    monkeypatch.setattr(torch, "__version__", "0.0.1-other")
+    assert again() == 1
+    monkeypatch.setattr(guard_mod, "code_version", lambda: "edited-fastgen")
+    assert again() == 1
+    g.backend = "vllm-like"
+    assert again() == 1
+    model_dtype = g.model.dtype
+    g.model.to(torch.float64)
+    assert again() == 1
+    g.model.to(model_dtype)

@@ -28,6 +28,7 @@ unchanged baseline is never generated twice.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sys
@@ -92,6 +93,37 @@ def build_result(item: dict, raw: dict[str, str], seconds: float = 0.0, new_toke
     }
 
 
+# The code that decides an answer's tokens, beyond DECODING's hand-bumped name: a change to
+# any of these modules (not to their comments, docstrings or layout) misses the cache.
+DECODING_SOURCES = ("guard.py", "fastgen.py", "decode_attn.py", "sampling.py", "prompts.py", "models.py",
+                    "vllm_backend.py", "gguf_export.py")
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    import ast
+
+    h = hashlib.sha256()
+    for name in DECODING_SOURCES:
+        tree = ast.parse((Path(__file__).parent / name).read_text(encoding="utf-8"))
+        for node in ast.walk(tree):  # docstrings out: their edits change no answer
+            body = getattr(node, "body", None)
+            if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                    and isinstance(getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+        h.update(name.encode() + ast.dump(tree).encode())
+    return h.hexdigest()[:16]
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "absent"
+
+
 def _fingerprint(path: Optional[str]) -> str:
     if not path:
         return "none"
@@ -122,9 +154,27 @@ class Guard:
         self._markup = [t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.content]
 
     # ------------------------------------------------------------------ internals
+    @functools.cached_property
+    def engine_id(self) -> list:
+        """What computes the answer besides the weights and the prompt: the backend and its
+        library versions, the dtype, the device (GPU model: kernels differ) and attention, and
+        the decoding code (code_version). Part of every cache key."""
+        import torch
+
+        m = self.model
+        cfg = getattr(self.engine if self.engine is not None else m, "config", None)
+        dev = getattr(m, "device", None)
+        gpu = torch.cuda.get_device_name(dev) if dev is not None and dev.type == "cuda" else None
+        eng = [self.backend, torch.__version__, _version("transformers"), DECODING, code_version(),
+               str(getattr(m, "dtype", None) or self.p.hw["dtype"]), dev.type if dev is not None else None, gpu,
+               getattr(cfg, "_attn_implementation", None), bool(getattr(m, "is_loaded_in_4bit", False))]
+        if self.backend == "vllm":
+            eng += [_version("vllm"), type(self.engine).__name__]
+        return eng
+
     def _key(self, text: str, policy: str) -> str:
         blob = json.dumps([self.fingerprint, self.p.prompt.version, self.p.prompt.system, self.p.prompt.template,
-                           self.p.policies[policy], text, policy, self.max_new_tokens, DECODING])
+                           self.p.policies[policy], text, policy, self.max_new_tokens, self.engine_id])
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
     def _prompt_ids(self, text: str, policy: str) -> list[int]:

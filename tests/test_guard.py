@@ -220,3 +220,23 @@ def test_engine_or_decoding_code_change_misses_the_cache(tiny_model, params, mon
     g.model.to(torch.float64)
     assert again() == 1
     g.model.to(model_dtype)
+
+
+def test_too_long_content_is_a_clear_error_before_any_generation(tiny_model, params, tmp_path, monkeypatch):
+    """evaluate had no context check: past the 1,024-token window transformers' generate ran on
+    silently (the slot engine crashed). Now it names the set, file and id, and generates nothing."""
+    import dataclasses
+
+    from guardrsft.evaluate import _classify
+    from guardrsft.guard import ContextError
+
+    monkeypatch.setenv("GUARDRSFT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("GUARDRSFT_BASE_MODEL", tiny_model)
+    p = dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate, max_new_tokens=TINY_NEW_TOKENS))
+    suites = [{"name": "test", "items": [{"id": "ok-1", "content": "hi", "response": None}]},
+              {"name": "bench1", "path": "data/bench1.jsonl",
+               "items": [{"id": "long-7", "content": "word " * 1100, "response": None}]}]
+    with pytest.raises(ContextError, match=r"1 of 2 items do not fit the model's 1024-token context") as e:
+        _classify(p, suites, None, "zero-shot base model")
+    assert "bench1 (data/bench1.jsonl) id 'long-7'" in str(e.value)
+    assert not (tmp_path / "cache" / "predictions.jsonl").exists()  # refused before generating

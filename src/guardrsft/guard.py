@@ -59,6 +59,14 @@ SAMPLING = "sample/temperature-top_p/hash-inverse-cdf-v2"
 RESPONSE_FRAME = "User request:\n{content}\n\nAI response (the part to judge):\n{response}"
 
 
+class ContextError(ModelError):
+    """Items whose prompt and answer exceed the model's context; .items: their indices."""
+
+    def __init__(self, items: list[int], msg: str):
+        super().__init__(msg)
+        self.items = items
+
+
 def render_content(item: dict) -> str:
     """The text the guard judges: the content, or the request/response exchange."""
     if item.get("response") is None:
@@ -308,6 +316,24 @@ class Guard:
         """The model's transformers config (context length and the like), whichever backend."""
         return self.engine.config if self.engine is not None else self.model.config
 
+    def _check_fits(self, ids: dict, todo: list, n_items: int) -> None:
+        """Every prompt plus max_new_tokens must fit the context window: past it the slot engine
+        fails with a traceback and transformers' generate silently runs past the positions the
+        model was trained on. Refused before any generation (ContextError names the items)."""
+        ctx = getattr(self.config, "max_position_embeddings", None)
+        if not ctx:
+            return
+        over: dict[int, int] = {}
+        for i, _, k in todo:
+            if len(ids[k]) + self.max_new_tokens > ctx:
+                over[i] = max(over.get(i, 0), len(ids[k]))
+        if over:
+            first = min(over)
+            raise ContextError(sorted(over), f"{len(over)} of {n_items} items do not fit the model's {ctx}-token "
+                               f"context with the prompt and {self.max_new_tokens} answer tokens (item {first}: a "
+                               f"{over[first]}-token prompt). Shorten or drop them (`guardrsft classify-file` flags "
+                               "them `oversized`), or lower max_new_tokens")
+
     def _result(self, item: dict, policies: list[str], keys: list[str]) -> dict:
         rows = [self.cache[k] for k in keys]
         return build_result(item, {q: r["raw"] for q, r in zip(policies, rows)},
@@ -340,6 +366,7 @@ class Guard:
                     waiting[k].append(i)
                     missing[i] = missing.get(i, 0) + 1
         ids = dict(zip([k for _, _, k in todo], self._prompt_ids_many([(texts[i], q) for i, q, _ in todo])))
+        self._check_fits(ids, todo, len(items))
         # an item's prompts stay adjacent (it completes early, for on_batch), items by length
         longest: dict[int, int] = {}
         for i, _, k in todo:
@@ -414,6 +441,7 @@ class Guard:
                 seen.add(key)
                 todo.append((i, q, key))
         ids = dict(zip([key for _, _, key in todo], self._prompt_ids_many([(texts[i], q) for i, q, _ in todo])))
+        self._check_fits(ids, todo, len(items))
         todo.sort(key=lambda t: (len(ids[t[2]]), t[0]))
         cached = len(keys) - len(todo)
         gen_seconds, new_tokens = 0.0, 0

@@ -228,7 +228,7 @@ def test_too_long_content_is_a_clear_error_before_any_generation(tiny_model, par
     import dataclasses
 
     from guardrsft.evaluate import _classify
-    from guardrsft.guard import ContextError
+    from guardrsft.models import ModelError  # guard.ContextError is one
 
     monkeypatch.setenv("GUARDRSFT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("GUARDRSFT_BASE_MODEL", tiny_model)
@@ -236,7 +236,7 @@ def test_too_long_content_is_a_clear_error_before_any_generation(tiny_model, par
     suites = [{"name": "test", "items": [{"id": "ok-1", "content": "hi", "response": None}]},
               {"name": "bench1", "path": "data/bench1.jsonl",
                "items": [{"id": "long-7", "content": "word " * 1100, "response": None}]}]
-    with pytest.raises(ContextError, match=r"1 of 2 items do not fit the model's 1024-token context") as e:
+    with pytest.raises(ModelError, match=r"1 of 2 items do not fit the model's 1024-token context") as e:
         _classify(p, suites, None, "zero-shot base model")
     assert "bench1 (data/bench1.jsonl) id 'long-7'" in str(e.value)
     assert not (tmp_path / "cache" / "predictions.jsonl").exists()  # refused before generating

@@ -15,13 +15,13 @@ padding, greedy, and a row stops as soon as its `Classification:` line is comple
 
 Sampling (hard-sample mining, docs/HSDPO.md): `guard.sample(items, k, temperature, top_p, seed)`
 draws k answers per (item, policy), on the slot engine where classify uses it (CUDA), else on
-transformers' `generate`. Each draw is a function of the answer's own seed (from its cache key,
-which holds the seed and the sample index) and its step only (guardrsft.sampling), so an answer
+transformers' `generate`. Each draw is a function of the answer's own seed (from its cache key
+without the engine part, which holds the seed and the sample index) and its step only (guardrsft.sampling), so an answer
 does not depend on which other prompts share its batch or which backend drew it: a resumed run
 draws the same answers as an uninterrupted one.
 
 Resume: with `cache_path`, every finished batch is appended (fsynced) to a JSONL keyed by
-(model, prompt, content, policy, decoding) *before* `on_batch` sees it. A killed run, rerun
+(model, prompt, content, policy, decoding, engine: Guard.engine_id) *before* `on_batch` sees it. A killed run, rerun
 with the same cache_path, regenerates none of those answers (`last_stats["cached_pairs"]`
 says how many were reused) and returns the same results as an uninterrupted run; an
 unchanged baseline is never generated twice.
@@ -180,9 +180,12 @@ class Guard:
             eng += [_version("vllm"), type(self.engine).__name__]
         return eng
 
-    def _key(self, text: str, policy: str) -> str:
+    def _key(self, text: str, policy: str, engine: bool = True) -> str:
+        """The cache key of an answer; engine=False leaves out engine_id (a sample's seed comes
+        from that key: the same draws on every backend and library version)."""
         blob = json.dumps([self.fingerprint, self.p.prompt.version, self.p.prompt.system, self.p.prompt.template,
-                           self.p.policies[policy], text, policy, self.max_new_tokens, self.engine_id])
+                           self.p.policies[policy], text, policy, self.max_new_tokens, DECODING]
+                          + ([self.engine_id] if engine else []))
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
     def _prompt_ids(self, text: str, policy: str) -> list[int]:
@@ -195,8 +198,10 @@ class Guard:
         enc = lambda s, **kw: self.tok(s, add_special_tokens=False, **kw)["input_ids"]  # noqa: E731
         return enc(head) + enc(text, split_special_tokens=True) + enc(tail)
 
-    def _sample_key(self, text: str, policy: str, temperature: float, top_p: float, seed: int, j: int) -> str:
-        blob = json.dumps([self._key(text, policy), SAMPLING, float(temperature), float(top_p), int(seed), int(j)])
+    def _sample_key(self, text: str, policy: str, temperature: float, top_p: float, seed: int, j: int,
+                    engine: bool = True) -> str:
+        blob = json.dumps([self._key(text, policy, engine), SAMPLING, float(temperature), float(top_p), int(seed),
+                           int(j)])
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
     def _checked(self, items: list[dict], policies: Optional[list[str]]) -> tuple[list[str], list[str]]:
@@ -435,6 +440,8 @@ class Guard:
         t_start = time.time()
         keys = {(i, q, j): self._sample_key(texts[i], q, temperature, top_p, seed, j)
                 for i in range(len(items)) for q in policies for j in range(k)}
+        row_seeds = {keys[i, q, j]: seed32(self._sample_key(texts[i], q, temperature, top_p, seed, j, engine=False))
+                     for i, q, j in keys}
         todo, seen = [], set()  # (item index, policy, key): each missing answer once
         for (i, q, j), key in keys.items():
             if key not in self.cache and key not in seen:
@@ -448,7 +455,7 @@ class Guard:
         step = self._prompts_per_call()
         for b in range(0, len(todo), step):
             chunk = todo[b:b + step]
-            seeds = [seed32(key) for _, _, key in chunk]
+            seeds = [row_seeds[key] for _, _, key in chunk]
             t0 = time.time()
             outs, counts = self._generate([ids[key] for _, _, key in chunk],
                                           sampling=(seeds, float(temperature), float(top_p)))

@@ -6,7 +6,8 @@ the official ``openai`` Python client:
 * ``POST /v1/chat/completions``
 * ``POST /v1/files`` (multipart), ``GET /v1/files/{id}``, ``GET /v1/files/{id}/content``,
   ``DELETE /v1/files/{id}``
-* ``POST /v1/batches``, ``GET /v1/batches/{id}``, ``POST /v1/batches/{id}/cancel``
+* ``POST /v1/batches``, ``GET /v1/batches`` (list, newest first, ``after``/``limit``),
+  ``GET /v1/batches/{id}``, ``POST /v1/batches/{id}/cancel``
 
 Usage in tests::
 
@@ -32,7 +33,7 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 GOLD_RE = re.compile(r"(?i)gold label:\s*(SAFE|UNSAFE)")
 
@@ -374,6 +375,21 @@ class FakeOpenAI:
             self.expire_next_batch = False
             return json.loads(json.dumps(obj))
 
+    def _list_batches(self, query: dict) -> dict:
+        """GET /v1/batches: a cursor page, newest first, as the real API."""
+        with self.lock:
+            self.counts["batches_list"] += 1
+            objs = [r["obj"] for r in reversed(list(self.batches.values()))]
+            after = (query.get("after") or [None])[0]
+            if after:
+                ids = [o["id"] for o in objs]
+                objs = objs[ids.index(after) + 1:] if after in ids else []
+            limit = int((query.get("limit") or ["20"])[0])
+            page = objs[:limit]
+            return json.loads(json.dumps({
+                "object": "list", "data": page, "has_more": len(objs) > limit,
+                "first_id": page[0]["id"] if page else None, "last_id": page[-1]["id"] if page else None}))
+
     def _poll_batch(self, bid: str) -> dict:
         with self.lock:
             rec = self.batches.get(bid)
@@ -564,6 +580,8 @@ class _Handler(BaseHTTPRequestHandler):
                 with fake.lock:
                     fake.counts["batches_create"] += 1
                 return self._send(200, fake._create_batch(self._json(body)))
+            if method == "GET" and path == "/v1/batches":
+                return self._send(200, fake._list_batches(parse_qs(urlsplit(self.path).query)))
             m = re.fullmatch(r"/v1/batches/([^/]+)(/cancel)?", path)
             if m and method == "GET" and not m.group(2):
                 with fake.lock:

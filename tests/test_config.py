@@ -47,6 +47,9 @@ def test_unknown_top_level_key_is_named(tmp_path, params_text):
         load_params(path)
     msg = str(e.value)
     assert "lr_typo" in msg and str(path) in msg and "`lr`" in msg  # suggests the close match
+    # how to undo a failed `dvc exp run -S +lr_typo=1`, which leaves the key behind
+    assert "Delete the `lr_typo:` line" in msg and "dvc exp run -S +lr_typo=" in msg
+    assert f"git checkout -- {path}" in msg
 
 
 def test_unknown_nested_key_is_named(tmp_path, params_text):

@@ -308,9 +308,14 @@ def test_classify_file_flags_and_resumes_in_a_real_process(tiny_export, tmp_path
              json.dumps({"content": "   "}), json.dumps(["a list"]), json.dumps({"id": 7, "content": "last one"})]
     src.write_text("\n".join(lines) + "\n")
     dst = tmp_path / "out.jsonl"
-    # a run killed after line 1, mid-way through writing line 2
+    # a run killed after line 1, mid-way through writing line 2 (same model, policy, --max-chars)
+    from guardrsft.classify_file import setup_key
+    from guardrsft.config import load_params
+
+    setup = setup_key(str(out / "merged"), None, load_params(ROOT / "params.yaml"), ["violence"], 40)
     first = {"line": 1, "id": "a", "input_sha256": __import__("hashlib").sha256(lines[0].encode()).hexdigest()[:16],
-             "status": "ok", "verdict": "SAFE", "flagged": [], "verdicts": {"violence": "SAFE"}, "reasoning": {}}
+             "status": "ok", "verdict": "SAFE", "flagged": [], "verdicts": {"violence": "SAFE"}, "reasoning": {},
+             "setup": setup}
     dst.write_text(json.dumps(first) + "\n" + '{"line": 2, "sta')
     cmd = [str(Path(sys.executable).parent / "guardrsft"), "classify-file", str(src), "--out", str(dst),
            "-p", "violence", "--model", str(out / "merged"), "--max-chars", "40", "--chunk", "2",
@@ -325,6 +330,7 @@ def test_classify_file_flags_and_resumes_in_a_real_process(tiny_export, tmp_path
     assert all(r["error"] for r in rows[1:6])
     assert rows[6]["id"] == 7 and rows[6]["status"] in ("ok", "parse_error") and "violence" in rows[6]["verdicts"]
     assert "resuming: 1/7 lines" in res.stderr and "not ok: lines 2, 3, 4, 5, 6" in res.stderr
+    assert "1 lines reused from the last run" in res.stderr
     # done: a rerun loads no model and changes nothing; another input is refused
     before = dst.read_text()
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)

@@ -179,3 +179,64 @@ def test_killed_run_resumes_without_regenerating(tiny_model, params, tmp_path):
     assert g.last_stats["cached_pairs"] == len(done) and g.last_stats["generated_pairs"] == 10 - len(done)
     ref = guard_for(tiny_model, params).classify(ITEMS, policies=POL)
     assert comparable(res) == comparable(ref)
+
+
+def test_answer_cache_file_stays_bounded(tiny_model, params, tmp_path, monkeypatch):
+    """The shared ~/.cache answer file is compacted to its newest rows past GUARDRSFT_CACHE_MAX_MB;
+    answers dropped from it are regenerated, the same."""
+    monkeypatch.setenv("GUARDRSFT_CACHE_MAX_MB", "0.0005")  # 524 bytes: fewer than the 10 rows (~100 bytes each)
+    cache = tmp_path / "cache.jsonl"
+    first = guard_for(tiny_model, params, cache=cache).classify(ITEMS, policies=POL)
+    assert 0 < cache.stat().st_size <= 524
+    again = guard_for(tiny_model, params, cache=cache)
+    assert comparable(again.classify(ITEMS, policies=POL)) == comparable(first)
+    assert 0 < again.last_stats["cached_pairs"] < 10 and cache.stat().st_size <= 524
+
+
+def test_engine_or_decoding_code_change_misses_the_cache(tiny_model, params, monkeypatch):
+    """The cache key holds the backend, library versions, dtype, device and the decoding code's
+    version (not only the hand-bumped DECODING): a change of any re-generates."""
+    import torch
+
+    import guardrsft.guard as guard_mod
+
+    g = guard_for(tiny_model, params)
+    one = [ITEMS[0]]
+    g.classify(one, policies=["violence"])
+
+    def again():
+        g.__dict__.pop("engine_id", None)  # recomputed, as a new process would
+        g.classify(one, policies=["violence"])
+        return g.last_stats["generated_pairs"]
+
+    assert again() == 0  # same everything: reused
+    monkeypatch.setattr(torch, "__version__", "0.0.1-other")
+    assert again() == 1
+    monkeypatch.setattr(guard_mod, "code_version", lambda: "edited-fastgen")
+    assert again() == 1
+    g.backend = "vllm-like"
+    assert again() == 1
+    model_dtype = g.model.dtype
+    g.model.to(torch.float64)
+    assert again() == 1
+    g.model.to(model_dtype)
+
+
+def test_too_long_content_is_a_clear_error_before_any_generation(tiny_model, params, tmp_path, monkeypatch):
+    """evaluate had no context check: past the 1,024-token window transformers' generate ran on
+    silently (the slot engine crashed). Now it names the set, file and id, and generates nothing."""
+    import dataclasses
+
+    from guardrsft.evaluate import _classify
+    from guardrsft.models import ModelError  # guard.ContextError is one
+
+    monkeypatch.setenv("GUARDRSFT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("GUARDRSFT_BASE_MODEL", tiny_model)
+    p = dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate, max_new_tokens=TINY_NEW_TOKENS))
+    suites = [{"name": "test", "items": [{"id": "ok-1", "content": "hi", "response": None}]},
+              {"name": "bench1", "path": "data/bench1.jsonl",
+               "items": [{"id": "long-7", "content": "word " * 1100, "response": None}]}]
+    with pytest.raises(ModelError, match=r"1 of 2 items do not fit the model's 1024-token context") as e:
+        _classify(p, suites, None, "zero-shot base model")
+    assert "bench1 (data/bench1.jsonl) id 'long-7'" in str(e.value)
+    assert not (tmp_path / "cache" / "predictions.jsonl").exists()  # refused before generating

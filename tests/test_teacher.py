@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -362,3 +361,49 @@ def test_server_down_at_start_and_mid_run(tmp_path, env):
     assert t["retries"]["failover"] >= 1
     # b answered at most its first 2 requests (the 3rd killed it, maybe with one more in flight)
     assert n - 2 <= json.loads(stats_a.read_text())["n"] <= n
+
+
+# ------------------------------------------------------------------ stale answers, progress, batch intent
+@pytest.mark.parametrize("change", [{"min_chars": 41}, {"max_chars": 3999}, {"max_attempts": 2}, "base_url"])
+def test_a_setting_that_can_change_an_answer_misses_the_cache(tmp_path, env, server, change):
+    d, n = prepared(tmp_path, 3)
+    run_traces(teacher_params(tmp_path, server.base_url), tmp_path, d)
+    assert server.counts["chat"] == n
+    if change == "base_url":  # another server may serve another model under the same name
+        with FakeOpenAI(api_key=KEY) as other:
+            m = run_traces(teacher_params(tmp_path, other.base_url), tmp_path, d)
+            assert other.counts["chat"] == n
+    else:
+        m = run_traces(teacher_params(tmp_path, server.base_url, **change), tmp_path, d)
+        assert server.counts["chat"] == 2 * n
+    assert m["teacher"]["cache_hits"] == 0 and m["teacher"]["requested"] == n
+
+
+def test_synchronous_teacher_prints_progress(tmp_path, env, server, capfd):
+    d, n = prepared(tmp_path, 3)
+    server.faults += [{"status": 500}]
+    run_traces(teacher_params(tmp_path, server.base_url, concurrency=1), tmp_path, d)
+    err = capfd.readouterr().err
+    last = [line for line in err.splitlines() if f"{n}/{n} items done" in line]
+    assert last and f"{n + 1} requests, 1 retries, $" in last[-1], err
+
+
+def test_batch_killed_between_create_and_saving_its_id_is_not_submitted_twice(tmp_path, env, server, monkeypatch):
+    from openai.resources.batches import Batches
+
+    d, n = prepared(tmp_path, 3)
+    p = teacher_params(tmp_path, server.base_url, batch_poll_s=0.05)
+    p.traces.teacher = "batch"
+    create = Batches.create
+
+    def killed_after_create(self, *a, **kw):
+        create(self, *a, **kw)  # the server has the batch; the process dies before saving its id
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Batches, "create", killed_after_create)
+    with pytest.raises(KeyboardInterrupt):
+        run_traces(p, tmp_path, d)
+    monkeypatch.setattr(Batches, "create", create)
+    m = run_traces(p, tmp_path, d)
+    assert server.counts["batches_create"] == 1 and server.counts["batch_lines"] == n
+    assert m["teacher"]["accepted"] == n

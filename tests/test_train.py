@@ -146,3 +146,16 @@ def test_liger_and_compile_together_are_refused(params):
         liger_enabled(both)
     auto = dataclasses.replace(params, train=dataclasses.replace(params.train, liger=None, torch_compile=True))
     assert liger_enabled(auto) is False  # auto: compile wins, Liger off
+
+
+def test_checkpoint_with_torn_trainer_state_is_skipped(tmp_path, capsys):
+    """A kill while Trainer writes trainer_state.json (not atomic) leaves a torn file: resume
+    from the checkpoint before it instead of crashing on every rerun."""
+    from guardrsft.train import last_checkpoint
+
+    for n, state in ((2, '{"global_step": 2}'), (4, '{"global_step": 4, "log_hist'), (6, "")):
+        d = tmp_path / f"checkpoint-{n}"
+        d.mkdir()
+        (d / "trainer_state.json").write_text(state)
+    assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    assert "checkpoint-4, checkpoint-6" in capsys.readouterr().err

@@ -96,14 +96,42 @@ def _parse(raw: bytes, max_chars: int) -> tuple[Optional[dict], Optional[str], s
     return obj, None, ""
 
 
-def _done_lines(out: Path, hashes: list[str]) -> list[dict]:
-    """The rows already in `out` for this input; a torn last row (killed writer) is cut off."""
+def setup_key(model: str, adapter: Optional[str], params: Params, policies: Optional[list[str]],
+              max_chars: int) -> str:
+    """Everything that decides a line's answer, known before the model is loaded: the model
+    and adapter files, the policies asked for and their definitions, the prompt, the answer
+    budget, --max-chars, and the engine (backend, device and GPU model, dtype, attention,
+    library versions, the decoding code: guard.code_version)."""
+    import torch
+
+    from .guard import _fingerprint, _version, code_version
+    from .models import resolve_base
+
+    p = params
+    if model.endswith(".gguf"):
+        st = Path(model).stat()
+        weights = f"gguf:{Path(model).name}:{st.st_size}:{st.st_mtime_ns}"
+    else:
+        weights = f"{_fingerprint(resolve_base(model))}:{_fingerprint(adapter)}"
+    names = list(policies or p.policies)
+    gpu = torch.cuda.get_device_name() if p.hw["device"] == "cuda" and torch.cuda.is_available() else None
+    blob = json.dumps([weights, p.prompt.version, p.prompt.system, p.prompt.template,
+                       [(q, p.policies.get(q)) for q in names], p.max_new_tokens, max_chars,
+                       p.evaluate.backend, p.hw["device"], gpu, p.hw["dtype"], p.hw.get("attn_impl"),
+                       p.hw.get("load_in_4bit"), torch.__version__, _version("transformers"), code_version()])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _done_lines(out: Path, hashes: list[str], setup: Optional[str] = None) -> tuple[list[dict], int]:
+    """The rows already in `out` for this input and answered with this `setup` (see setup_key),
+    and how many rows after them were answered with another setup: those are cut off to be
+    redone, as is a torn last row (killed writer)."""
     if not out.exists():
-        return []
+        return [], 0
     data = out.read_bytes()
     keep = data[:data.rfind(b"\n") + 1]  # a last line without newline was never fsynced whole
-    rows = []
-    for n, line in enumerate(keep.splitlines(), 1):
+    rows, end, stale = [], 0, 0
+    for n, line in enumerate(keep.splitlines(keepends=True), 1):
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
@@ -112,11 +140,15 @@ def _done_lines(out: Path, hashes: list[str]) -> list[dict]:
         if n > len(hashes) or row.get("line") != n or row.get("input_sha256") != hashes[n - 1]:
             raise ModelError(f"{out}:{n} does not belong to line {n} of this input (written for another "
                              "file?). Delete it or choose another --out")
+        if stale or (setup is not None and row.get("setup") != setup):
+            stale += 1  # another model, adapter, policy list, prompt or engine answered it
+            continue
         rows.append(row)
-    if len(keep) != len(data):
+        end += len(line)
+    if end != len(data):
         with open(out, "r+b") as f:
-            f.truncate(len(keep))
-    return rows
+            f.truncate(end)
+    return rows, stale
 
 
 def _too_long(guard, policies: list[str]) -> Callable[[str], Optional[str]]:
@@ -140,10 +172,11 @@ def _too_long(guard, policies: list[str]) -> Callable[[str], Optional[str]]:
 
 
 def classify_file(open_model: Callable[[], object], in_path: str, out_path: str, policies: Optional[list[str]],
-                  chunk: int = 8, max_chars: int = 8000, progress: bool = True) -> dict:
+                  chunk: int = 8, max_chars: int = 8000, progress: bool = True, setup: Optional[str] = None) -> dict:
     """Classify every line of `in_path` into `out_path` (resuming); returns counts by status.
 
-    `open_model` is called only when some line still needs the model."""
+    `open_model` is called only when some line still needs the model. `setup` (setup_key) is
+    stored in every row: a rerun reuses only the rows answered with the same setup."""
     src, out = Path(in_path), Path(out_path)
     if not src.is_file():
         raise FileNotFoundError(f"{src}: input file not found")
@@ -152,14 +185,18 @@ def classify_file(open_model: Callable[[], object], in_path: str, out_path: str,
     with open(src, "rb") as f:
         lines = [raw.rstrip(b"\r\n") for raw in f]
     hashes = [_sha(r) for r in lines]
-    done = _done_lines(out, hashes)
+    done, stale = _done_lines(out, hashes, setup)
     counts: dict[str, int] = {}
     not_ok: list[int] = []
     for r in done:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
         not_ok += [r["line"]] if r["status"] != OK else []
+    if stale:
+        print(f"[classify-file] {stale} lines of {out} were answered with another model, adapter, policy list, "
+              "prompt, --max-chars or engine: redoing them", file=sys.stderr)
     if done and len(done) < len(lines):
-        print(f"[classify-file] resuming: {len(done)}/{len(lines)} lines already in {out}", file=sys.stderr)
+        print(f"[classify-file] resuming: {len(done)}/{len(lines)} lines already in {out} (lines 1-{len(done)}, "
+              "same setup) reused", file=sys.stderr)
     guard = too_long = None
     import typer
 
@@ -173,7 +210,7 @@ def classify_file(open_model: Callable[[], object], in_path: str, out_path: str,
             for n in range(start + 1, min(start + chunk, len(lines)) + 1):
                 obj, status, err = _parse(lines[n - 1], max_chars)
                 row = {"line": n, "id": obj.get("id") if isinstance(obj, dict) else None,
-                       "input_sha256": hashes[n - 1], "status": status}
+                       "input_sha256": hashes[n - 1], "status": status, **({"setup": setup} if setup else {})}
                 if status is None:
                     if guard is None:
                         guard = open_model()
@@ -190,7 +227,15 @@ def classify_file(open_model: Callable[[], object], in_path: str, out_path: str,
                     row["error"] = err
                 rows.append(row)
             if todo:
-                results = guard.classify([it for _, it in todo], policies=policies)
+                from .guard import ContextError
+
+                try:
+                    results = guard.classify([it for _, it in todo], policies=policies)
+                except ContextError as e:  # _too_long's estimate fitted, the exact prompt does not
+                    for i in e.items:
+                        todo[i][0].update(status=OVERSIZED, error=str(e))
+                    todo = [t for i, t in enumerate(todo) if i not in set(e.items)]
+                    results = guard.classify([it for _, it in todo], policies=policies) if todo else []
                 for (row, _), res in zip(todo, results):
                     row.update(status=PARSE_ERROR if res["is_parse_error"] else OK,
                                **{k: res[k] for k in ("verdict", "flagged", "verdicts", "reasoning", "parse_errors")})
@@ -205,5 +250,6 @@ def classify_file(open_model: Callable[[], object], in_path: str, out_path: str,
             bar.__exit__(None, None, None)
     if not out.exists():  # an empty input still gets its (empty) output file
         append_jsonl(out, [])
-    return {"lines": len(lines), "counts": counts, "not_ok_lines": not_ok, "out": str(out),
+    return {"lines": len(lines), "counts": counts, "not_ok_lines": not_ok, "out": str(out), "reused": len(done),
+            "redone": stale,
             "all_ok": counts.get(OK, 0) == len(lines)}

@@ -109,14 +109,18 @@ POLICY = typer.Option(None, "--policy", "-p", help="Check only this policy (repe
                                                    "in params.yaml.")
 
 
-def _open(model: str, adapter: Optional[str], p, batch_size: Optional[int] = None):
-    from .classify_file import open_guard
-
+def _check_model(model: str) -> None:
     if model == "models/merged" and not Path(model).exists():
         raise FileNotFoundError("models/merged not found: run `dvc repro` (export writes models/merged) "
                                 "or pass --model DIR or --model FILE.gguf")
     if model.endswith(".gguf") and not Path(model).is_file():
         raise FileNotFoundError(f"{model}: GGUF file not found (export writes models/gguf/*.gguf)")
+
+
+def _open(model: str, adapter: Optional[str], p, batch_size: Optional[int] = None):
+    from .classify_file import open_guard
+
+    _check_model(model)
     return open_guard(model, p, adapter=adapter, batch_size=batch_size)
 
 
@@ -204,7 +208,8 @@ def classify_file(
       parse_error  some policy's answer had no verdict
       empty, malformed, oversized   not classified; "error" says why
 
-    After an interruption rerun the same command: done lines are kept.
+    After an interruption rerun the same command: done lines are kept, as long as the model,
+    adapter, policies, prompt, --max-chars and engine are the same (else they are redone).
 
     Examples:
       guardrsft classify-file in.jsonl --out verdicts.jsonl
@@ -212,19 +217,23 @@ def classify_file(
 
     Exit code: 0 every line ok, 1 some line not ok, 2 usage error."""
     from .classify_file import classify_file as run_file
+    from .classify_file import setup_key
 
     def run():
         p = _params(params)
         if not input.is_file():
             raise FileNotFoundError(f"{input}: input file not found")
+        _check_model(model)
         return run_file(lambda: _open(model, adapter, p), str(input), str(out), policy or None,
-                        chunk=chunk, max_chars=max_chars)
+                        chunk=chunk, max_chars=max_chars, setup=setup_key(model, adapter, p, policy or None, max_chars))
 
     s = _guarded(run)
     summary = ", ".join(f"{n} {k}" for k, n in sorted(s["counts"].items()))
     bad = s["not_ok_lines"]
     typer.echo(f"classify-file: {s['lines']} lines -> {s['out']} ({summary or 'nothing to do'})"
-               + (f"; not ok: lines {', '.join(map(str, bad[:20]))}{' ...' if len(bad) > 20 else ''}" if bad else ""),
+               + (f"; not ok: lines {', '.join(map(str, bad[:20]))}{' ...' if len(bad) > 20 else ''}" if bad else "")
+               + (f"; {s['reused']} lines reused from the last run" if s["reused"] else "")
+               + (f"; {s['redone']} redone (another setup)" if s["redone"] else ""),
                err=True)
     raise typer.Exit(0 if s["all_ok"] else 1)
 

@@ -400,7 +400,10 @@ def _build(cls, raw: Any, where: str, source: str):
             hint = f" Did you mean `{(where + '.') if where else ''}{close[0]}`?" if close else ""
             raise ParamsError(f"{source}: unknown key `{full}`.{hint} Known keys"
                               f"{' in ' + where if where else ''}: {', '.join(names)}. "
-                              f"Remove or rename it (a `dvc exp run -S` typo adds keys silently).")
+                              f"Delete the `{key}:` line{' under `' + where + ':`' if where else ''} in {source} "
+                              f"or rename it. A failed `dvc exp run -S +{full}=...` leaves the key there and every "
+                              f"later `dvc repro` stops here until it is removed: undo it by deleting that line "
+                              f"(or `git checkout -- {source}`, which also drops your other uncommitted edits).")
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name == "source":

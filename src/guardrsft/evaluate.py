@@ -22,7 +22,7 @@ from . import plots as plot_png
 from .benchmarks import load_selected
 from .config import Params
 from .data import subsample
-from .guard import load_guard
+from .guard import ContextError, load_guard
 from .io import read_jsonl, write_json, write_jsonl, write_text
 from .metrics import bootstrap_ci, compute
 from .models import cache_dir
@@ -59,7 +59,10 @@ def _classify(p: Params, suites: list[dict], adapter: str | None, label: str) ->
                                           read_also=[cache_dir() / "predictions.jsonl"])  # one-process answers
     else:
         guard = load_guard(p.model, adapter=adapter, params=p, cache_path=str(cache_dir() / "predictions.jsonl"))
-        results = guard.classify(items, progress=True)
+        try:
+            results = guard.classify(items, progress=True)
+        except ContextError as e:
+            raise ContextError(e.items, f"[evaluate] {label}: {e}. Too long: " + _where(suites, e.items)) from None
         stats = guard.last_stats
         del guard
         gc.collect()
@@ -68,6 +71,14 @@ def _classify(p: Params, suites: list[dict], adapter: str | None, label: str) ->
         out[s["name"]] = results[at:at + len(s["items"])]
         at += len(s["items"])
     return out, stats
+
+
+def _where(suites: list[dict], indices: list[int], show: int = 5) -> str:
+    """Items of the concatenated suites, by set, file and id."""
+    flat = [(s, it) for s in suites for it in s["items"]]
+    named = [f"{flat[i][0]['name']} ({flat[i][0].get('path') or 'benchmark'}) id {flat[i][1].get('id')!r}"
+             for i in indices[:show]]
+    return "; ".join(named) + (f"; and {len(indices) - show} more" if len(indices) > show else "")
 
 
 def headline_delta(a: dict, b: dict, keys=HEADLINE) -> dict:

@@ -15,19 +15,20 @@ padding, greedy, and a row stops as soon as its `Classification:` line is comple
 
 Sampling (hard-sample mining, docs/HSDPO.md): `guard.sample(items, k, temperature, top_p, seed)`
 draws k answers per (item, policy), on the slot engine where classify uses it (CUDA), else on
-transformers' `generate`. Each draw is a function of the answer's own seed (from its cache key,
-which holds the seed and the sample index) and its step only (guardrsft.sampling), so an answer
+transformers' `generate`. Each draw is a function of the answer's own seed (from its cache key
+without the engine part, which holds the seed and the sample index) and its step only (guardrsft.sampling), so an answer
 does not depend on which other prompts share its batch or which backend drew it: a resumed run
 draws the same answers as an uninterrupted one.
 
 Resume: with `cache_path`, every finished batch is appended (fsynced) to a JSONL keyed by
-(model, prompt, content, policy, decoding) *before* `on_batch` sees it. A killed run, rerun
+(model, prompt, content, policy, decoding, engine: Guard.engine_id) *before* `on_batch` sees it. A killed run, rerun
 with the same cache_path, regenerates none of those answers (`last_stats["cached_pairs"]`
 says how many were reused) and returns the same results as an uninterrupted run; an
 unchanged baseline is never generated twice.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sys
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .config import Params
-from .io import append_jsonl, read_jsonl_tolerant
+from .io import append_cache, read_jsonl_tolerant
 from .models import ModelError, check_device, load_model, load_tokenizer, resolve_base, tokenizer_source
 from .prompts import JOINT, fill, parse_verdict, reasoning_of, unit_messages, units, verdict_complete
 from .sampling import pick, seed32
@@ -56,6 +57,14 @@ SAMPLING = "sample/temperature-top_p/hash-inverse-cdf-v2"
 # How an exchange is shown to the per-policy prompt's {content}. Part of the cache key
 # through the rendered text; changing it re-generates.
 RESPONSE_FRAME = "User request:\n{content}\n\nAI response (the part to judge):\n{response}"
+
+
+class ContextError(ModelError):
+    """Items whose prompt and answer exceed the model's context; .items: their indices."""
+
+    def __init__(self, items: list[int], msg: str):
+        super().__init__(msg)
+        self.items = items
 
 
 def render_content(item: dict) -> str:
@@ -95,6 +104,37 @@ def build_result(item: dict, raw: dict[str, str], seconds: float = 0.0, new_toke
     }
 
 
+# The code that decides an answer's tokens, beyond DECODING's hand-bumped name: a change to
+# any of these modules (not to their comments, docstrings or layout) misses the cache.
+DECODING_SOURCES = ("guard.py", "fastgen.py", "decode_attn.py", "sampling.py", "prompts.py", "models.py",
+                    "vllm_backend.py", "gguf_export.py")
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    import ast
+
+    h = hashlib.sha256()
+    for name in DECODING_SOURCES:
+        tree = ast.parse((Path(__file__).parent / name).read_text(encoding="utf-8"))
+        for node in ast.walk(tree):  # docstrings out: their edits change no answer
+            body = getattr(node, "body", None)
+            if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                    and isinstance(getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+        h.update(name.encode() + ast.dump(tree).encode())
+    return h.hexdigest()[:16]
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "absent"
+
+
 def _fingerprint(path: Optional[str]) -> str:
     if not path:
         return "none"
@@ -125,12 +165,33 @@ class Guard:
         self._markup = [t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.content]
 
     # ------------------------------------------------------------------ internals
-    def _key(self, text: str, policy: str) -> str:
-        """policy: a unit (prompts.units): a policy id, or JOINT (every policy, one answer)."""
+    @functools.cached_property
+    def engine_id(self) -> list:
+        """What computes the answer besides the weights and the prompt: the backend and its
+        library versions, the dtype, the device (GPU model: kernels differ) and attention, and
+        the decoding code (code_version). Part of every cache key."""
+        import torch
+
+        m = self.model
+        cfg = getattr(self.engine if self.engine is not None else m, "config", None)
+        dev = getattr(m, "device", None)
+        gpu = torch.cuda.get_device_name(dev) if dev is not None and dev.type == "cuda" else None
+        eng = [self.backend, torch.__version__, _version("transformers"), DECODING, code_version(),
+               str(getattr(m, "dtype", None) or self.p.hw["dtype"]), dev.type if dev is not None else None, gpu,
+               getattr(cfg, "_attn_implementation", None), bool(getattr(m, "is_loaded_in_4bit", False))]
+        if self.backend == "vllm":
+            eng += [_version("vllm"), type(self.engine).__name__]
+        return eng
+
+    def _key(self, text: str, policy: str, engine: bool = True) -> str:
+        """The cache key of an answer; policy: a unit (prompts.units): a policy id, or JOINT (every
+        policy, one answer). engine=False leaves out engine_id (a sample's seed comes from that
+        key: the same draws on every backend and library version)."""
         what = self.p.policies if policy == JOINT else self.p.policies[policy]
-        mode = [] if self.p.prompt.mode == "per_policy" else [self.p.prompt.mode]  # per_policy keys as before
+        mode = [] if self.p.prompt.mode == "per_policy" else [self.p.prompt.mode]  # per_policy: seeds as before
         blob = json.dumps([self.fingerprint, self.p.prompt.version, self.p.prompt.system, self.p.prompt.template,
-                           what, text, policy, self.max_new_tokens, DECODING, *mode])
+                           what, text, policy, self.max_new_tokens, DECODING, *mode]
+                          + ([self.engine_id] if engine else []))
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
     def _prompt_ids(self, text: str, policy: str) -> list[int]:
@@ -143,8 +204,10 @@ class Guard:
         enc = lambda s, **kw: self.tok(s, add_special_tokens=False, **kw)["input_ids"]  # noqa: E731
         return enc(head) + enc(text, split_special_tokens=True) + enc(tail)
 
-    def _sample_key(self, text: str, policy: str, temperature: float, top_p: float, seed: int, j: int) -> str:
-        blob = json.dumps([self._key(text, policy), SAMPLING, float(temperature), float(top_p), int(seed), int(j)])
+    def _sample_key(self, text: str, policy: str, temperature: float, top_p: float, seed: int, j: int,
+                    engine: bool = True) -> str:
+        blob = json.dumps([self._key(text, policy, engine), SAMPLING, float(temperature), float(top_p), int(seed),
+                           int(j)])
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
     def _checked(self, items: list[dict], policies: Optional[list[str]]) -> tuple[list[str], list[str]]:
@@ -264,6 +327,24 @@ class Guard:
         """The model's transformers config (context length and the like), whichever backend."""
         return self.engine.config if self.engine is not None else self.model.config
 
+    def _check_fits(self, ids: dict, todo: list, n_items: int) -> None:
+        """Every prompt plus max_new_tokens must fit the context window: past it the slot engine
+        fails with a traceback and transformers' generate silently runs past the positions the
+        model was trained on. Refused before any generation (ContextError names the items)."""
+        ctx = getattr(self.config, "max_position_embeddings", None)
+        if not ctx:
+            return
+        over: dict[int, int] = {}
+        for i, _, k in todo:
+            if len(ids[k]) + self.max_new_tokens > ctx:
+                over[i] = max(over.get(i, 0), len(ids[k]))
+        if over:
+            first = min(over)
+            raise ContextError(sorted(over), f"{len(over)} of {n_items} items do not fit the model's {ctx}-token "
+                               f"context with the prompt and {self.max_new_tokens} answer tokens (item {first}: a "
+                               f"{over[first]}-token prompt). Shorten or drop them (`guardrsft classify-file` flags "
+                               "them `oversized`), or lower max_new_tokens")
+
     def _result(self, item: dict, policies: list[str], keys: list[str]) -> dict:
         rows = [self.cache[k] for k in keys]
         joint = self.p.prompt.mode == "joint"
@@ -298,6 +379,7 @@ class Guard:
                     waiting[k].append(i)
                     missing[i] = missing.get(i, 0) + 1
         ids = dict(zip([k for _, _, k in todo], self._prompt_ids_many([(texts[i], q) for i, q, _ in todo])))
+        self._check_fits(ids, todo, len(items))
         # an item's prompts stay adjacent (it completes early, for on_batch), items by length
         longest: dict[int, int] = {}
         for i, _, k in todo:
@@ -328,7 +410,7 @@ class Guard:
             for r in rows:
                 self.cache[r["key"]] = r
             if self.cache_path:
-                append_jsonl(self.cache_path, rows)  # before on_batch: a crash there loses nothing
+                append_cache(self.cache_path, rows)  # before on_batch: a crash there loses nothing
             finished = []
             for _, _, k in chunk:
                 for i in waiting[k]:
@@ -369,19 +451,22 @@ class Guard:
         t_start = time.time()
         keys = {(i, q, j): self._sample_key(texts[i], q, temperature, top_p, seed, j)
                 for i in range(len(items)) for q in policies for j in range(k)}
+        row_seeds = {keys[i, q, j]: seed32(self._sample_key(texts[i], q, temperature, top_p, seed, j, engine=False))
+                     for i, q, j in keys}
         todo, seen = [], set()  # (item index, policy, key): each missing answer once
         for (i, q, j), key in keys.items():
             if key not in self.cache and key not in seen:
                 seen.add(key)
                 todo.append((i, q, key))
         ids = dict(zip([key for _, _, key in todo], self._prompt_ids_many([(texts[i], q) for i, q, _ in todo])))
+        self._check_fits(ids, todo, len(items))
         todo.sort(key=lambda t: (len(ids[t[2]]), t[0]))
         cached = len(keys) - len(todo)
         gen_seconds, new_tokens = 0.0, 0
         step = self._prompts_per_call()
         for b in range(0, len(todo), step):
             chunk = todo[b:b + step]
-            seeds = [seed32(key) for _, _, key in chunk]
+            seeds = [row_seeds[key] for _, _, key in chunk]
             t0 = time.time()
             outs, counts = self._generate([ids[key] for _, _, key in chunk],
                                           sampling=(seeds, float(temperature), float(top_p)))
@@ -393,7 +478,7 @@ class Guard:
             for r in rows:
                 self.cache[r["key"]] = r
             if self.cache_path:
-                append_jsonl(self.cache_path, rows)
+                append_cache(self.cache_path, rows)
             if progress:
                 print(f"  [sample] {b + len(chunk)}/{len(todo)} new answers ({cached} of {len(keys)} from the cache)",
                       file=sys.stderr, flush=True)

@@ -4,9 +4,26 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def _umask() -> int:
+    with _UMASK_LOCK:  # os.umask can only be read by setting it: set it straight back
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def honour_umask(path: Path, mode: int) -> None:
+    """mkstemp/mkdtemp create 0600/0700 whatever the umask; give the file the mode a plain
+    open()/mkdir() would have, so a vLLM server or a teammate on a shared box can read it."""
+    os.chmod(path, mode & ~_umask())
 
 
 @contextmanager
@@ -16,6 +33,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    honour_umask(Path(tmp), 0o666)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -78,6 +96,51 @@ def append_jsonl(path, rows: Iterable[dict]) -> None:
         os.fsync(f.fileno())
 
 
+# Answer caches (~/.cache/guardrsft: the guard's predictions and samples, the teacher's traces)
+# are shared by every run on the box, queued `dvc exp` runs and shard workers included.
+def cache_max_bytes() -> int:
+    """The bound of one answer cache file: GUARDRSFT_CACHE_MAX_MB (default 1024 MB)."""
+    return int(float(os.environ.get("GUARDRSFT_CACHE_MAX_MB", "1024")) * 2**20)
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    import fcntl
+
+    with open(path.with_name(f".{path.name}.lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def append_cache(path, rows: list[dict], max_bytes: int | None = None) -> None:
+    """append_jsonl for a file several processes append to: under an exclusive lock, so rows
+    bigger than one write() never interleave. Past `max_bytes` (0: unbounded) the file is
+    compacted, under the same lock, to its newest rows (one per `key`) within half the bound:
+    the oldest answers go first and must be regenerated if asked for again."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    limit = cache_max_bytes() if max_bytes is None else max_bytes
+    with _locked(path):
+        append_jsonl(path, rows)
+        if limit and path.stat().st_size > limit:
+            latest = {}
+            for r in read_jsonl_tolerant(path):
+                latest.pop(r.get("key"), None)  # re-inserted: dict order is then age order
+                latest[r.get("key")] = r
+            keep, size = [], 0
+            for r in reversed(list(latest.values())):
+                n = len(json.dumps(r, ensure_ascii=False).encode()) + 1
+                if size + n > limit // 2:
+                    break
+                keep.append(r)
+                size += n
+            # atomic: a reader (which takes no lock) sees the old file or the new one
+            write_jsonl(path, reversed(keep))
+
+
 def read_jsonl_tolerant(path) -> list[dict]:
     """Read an append-only cache; a torn last line (killed writer) is skipped."""
     path = Path(path)
@@ -103,6 +166,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    honour_umask(tmp, 0o777)
     try:
         yield tmp
         if path.exists():

@@ -10,6 +10,7 @@ The API key is read from the environment only and never written anywhere.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlparse
 
-from .io import append_jsonl, read_jsonl_tolerant
+from .io import append_cache, read_jsonl_tolerant
 from .models import cache_dir
 from .prompts import parse_verdict, reasoning_of, title
 
@@ -59,9 +60,27 @@ def teacher_messages(o, policy: str, definition: str, content: str, gold: str) -
     ]
 
 
+def server_urls(o) -> list[str]:
+    """The servers answering: traces.openai.base_urls, else base_url, else OpenAI's."""
+    return list(o.base_urls) or [o.base_url or "https://api.openai.com/v1"]
+
+
+@functools.lru_cache(maxsize=1)
+def _validation_version() -> str:
+    # the rules an answer is accepted or rejected by: their code, not a hand-bumped number
+    import inspect
+
+    return hashlib.sha256((inspect.getsource(validate) + inspect.getsource(reasoning_of)).encode()).hexdigest()[:12]
+
+
 def item_key(o, policy: str, definition: str, content: str, gold: str) -> str:
-    blob = json.dumps([o.model, TEACHER_TEMPLATE_VERSION, definition, content, policy,
-                       gold if o.give_gold_label else None, o.temperature, o.max_tokens])
+    """Everything that can change a cached answer (accepted or rejected): the exact messages
+    sent, who answers (model and servers: another server may serve another model under the
+    same name), sampling, and the validation rules and bounds a rejection was decided by."""
+    msgs = teacher_messages(o, policy, definition, content, gold)
+    blob = json.dumps([o.model, TEACHER_TEMPLATE_VERSION, msgs, policy, gold, o.temperature, o.max_tokens,
+                       sorted(u.rstrip("/") for u in server_urls(o)), o.min_chars, o.max_chars, o.max_attempts,
+                       _validation_version()])
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -194,7 +213,7 @@ class Teacher:
                 "usd": round(self._usd({"prompt_tokens": pt, "completion_tokens": ct}), 4)}
 
     def urls(self) -> list[str]:
-        return list(self.o.base_urls) or [self.o.base_url or "https://api.openai.com/v1"]
+        return server_urls(self.o)
 
     def client(self):
         """An OpenAI client for the first server (the Batch API uses one server)."""
@@ -289,6 +308,19 @@ class Teacher:
         return {"key": it.key, "status": "rejected", "reason": reasons[-1], "reasons": reasons,
                 "attempts": len(reasons), "usage": dict(usage)}
 
+    def _progress(self, total: int, failed: int, spent: float, t0: float, shown: float) -> float:
+        """A progress line on stderr (at most every 2 s, and the last one): items done, requests
+        sent, retries, dollars spent. Returns when it last printed."""
+        done = self.stats["accepted"] + self.stats["rejected"] + failed
+        now = time.time()
+        if done < total and now - shown < 2.0:
+            return shown
+        retries = sum(v for k, v in self.stats.items() if k.startswith("retry_"))
+        log(f"{done}/{total} items done ({self.stats['accepted']} accepted, {self.stats['rejected']} rejected"
+            f"{f', {failed} failed' if failed else ''}), {self.stats['requests']} requests, {retries} retries, "
+            f"${spent:.4f} spent, {now - t0:.0f} s")
+        return now
+
     # ------------------------------------------------------------------ the run
     def run(self, items: list[Item]) -> dict[str, dict]:
         """Resolve every item (accepted or rejected) or raise TeacherError with progress kept."""
@@ -303,7 +335,7 @@ class Teacher:
             t0 = time.time()
             # the most one item can cost: bounded prompt + max_tokens answers, every attempt
             worst = estimate_usd(self.o, 2000, self.o.max_tokens) * self.o.max_attempts
-            stop, errors = None, []
+            stop, errors, shown = None, [], 0.0
             with ThreadPoolExecutor(max_workers=slots) as pool:
                 pending, queue = set(), list(todo)
                 while queue or pending:
@@ -323,11 +355,13 @@ class Teacher:
                     rows = [f.result() for f in done]
                     errors += [r for r in rows if r["status"] == "error"]
                     rows = [r for r in rows if r["status"] != "error"]
-                    append_jsonl(self.cache_path, rows)  # flushed and fsynced before anything else
+                    # flushed and fsynced before anything else; never bounded: these answers were paid for
+                    append_cache(self.cache_path, rows, max_bytes=0)
                     for r in rows:
                         self.cache[r["key"]] = r
                         self.stats[r["status"]] += 1
                         spent += self._usd(r["usage"])
+                    shown = self._progress(len(todo), len(errors), spent, t0, shown)
                     if stop is not None:
                         queue.clear()
             if self.o.base_urls:  # per server: requests, most in flight at once, why it went down
@@ -401,13 +435,34 @@ class BatchTeacher(Teacher):
             with open(f.name, "rb") as fh:
                 up = client.files.create(file=fh, purpose="batch")
             os.unlink(f.name)
-            self.stats["requests"] += len(chunk)  # batch lines: what the server will answer (and bill)
-            b = client.batches.create(input_file_id=up.id, endpoint="/v1/chat/completions", completion_window="24h",
-                                      metadata={"tool": "guardrsft"})
-            keys = [json.loads(x)["custom_id"] for x in chunk]
-            self.state["batches"].append({"id": b.id, "input_file_id": up.id, "keys": keys, "status": b.status})
-            self._save_state()  # persisted before waiting: a killed run resumes this batch
-            log(f"batch {b.id}: {len(keys)} requests submitted")
+            # intent first: a kill between create and saving its id would otherwise submit (and
+            # bill) these requests twice; a rerun finds the batch by its input file (_adopt)
+            entry = {"id": None, "input_file_id": up.id, "keys": [json.loads(x)["custom_id"] for x in chunk],
+                     "status": "submitting", "intent_at": int(time.time())}
+            self.state["batches"].append(entry)
+            self._save_state()
+            self._create(client, entry)
+
+    def _create(self, client, entry: dict) -> None:
+        self.stats["requests"] += len(entry["keys"])  # batch lines: what the server will answer (and bill)
+        b = client.batches.create(input_file_id=entry["input_file_id"], endpoint="/v1/chat/completions",
+                                  completion_window="24h", metadata={"tool": "guardrsft"})
+        entry.update(id=b.id, status=b.status)
+        self._save_state()  # persisted before waiting: a killed run resumes this batch
+        log(f"batch {b.id}: {len(entry['keys'])} requests submitted")
+
+    def _adopt(self, client, entry: dict) -> None:
+        """A batch whose create may or may not have reached the server before a kill: the
+        server's batch for this input file if there is one (newest first), else create it now."""
+        for b in client.batches.list(limit=100):
+            if b.created_at < entry["intent_at"] - 600:  # older than the intent (10 min of clock skew)
+                break
+            if b.input_file_id == entry["input_file_id"]:
+                entry.update(id=b.id, status=b.status)
+                self._save_state()
+                log(f"batch {b.id}: found on the server (created before the last run was killed); not resubmitted")
+                return
+        self._create(client, entry)
 
     def _collect(self, client, entry: dict, by_key: dict[str, Item]) -> list[dict]:
         """Rows for the cache from a finished batch; items not answered validly are left to re-queue."""
@@ -454,6 +509,9 @@ class BatchTeacher(Teacher):
         spent = sum(self._usd(r.get("usage") or {}) for r in self.cache.values())
         if todo:
             client = self.client()
+            for entry in self.state["batches"]:
+                if entry["id"] is None:
+                    self._adopt(client, entry)
             t0 = time.time()
             while True:
                 active = [b for b in self.state["batches"] if b["status"] not in ("collected",)]
@@ -473,7 +531,7 @@ class BatchTeacher(Teacher):
                     self.stats["polls"] += 1
                     if st in ("completed", "failed", "expired", "cancelled"):
                         rows = self._collect(client, b, by_key)
-                        append_jsonl(self.cache_path, rows)
+                        append_cache(self.cache_path, rows, max_bytes=0)
                         for r in rows:
                             self.cache[r["key"]] = r
                             self.stats[r["status"]] += 1

@@ -306,12 +306,23 @@ def checkpoint_step(path: str | Path) -> int:
 
 
 def last_checkpoint(ckpt: Path) -> str | None:
-    """The newest *complete* checkpoint: Trainer writes trainer_state.json last, so a folder
-    without it was cut short by a kill (transformers' get_last_checkpoint would pick it)."""
+    """The newest *complete* checkpoint: Trainer writes trainer_state.json last (and not
+    atomically), so a folder without it, or with a torn one, was cut short by a kill
+    (transformers' get_last_checkpoint would pick it, and the resume would crash every rerun)."""
     import re
 
-    done = [d for d in ckpt.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", d.name)
-            and (d / "trainer_state.json").exists()] if ckpt.exists() else []
+    def complete(d: Path) -> bool:
+        try:
+            return isinstance(json.loads((d / "trainer_state.json").read_text()), dict)
+        except (OSError, ValueError):
+            return False
+
+    found = [d for d in ckpt.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", d.name)] if ckpt.exists() else []
+    done = [d for d in found if complete(d)]
+    skipped = [d.name for d in found if d not in done and (not done or checkpoint_step(d) > max(map(checkpoint_step, done)))]
+    if skipped:
+        print(f"[train] skipping incomplete checkpoint(s) {', '.join(sorted(skipped))} in {ckpt} "
+              "(killed while saving)", file=sys.stderr, flush=True)
     return str(max(done, key=checkpoint_step)) if done else None
 
 

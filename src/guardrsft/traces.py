@@ -31,16 +31,14 @@ def template_trace(content: str, policy: str, definition: str, unsafe: bool) -> 
 
 
 def joint_template_trace(flagged: list[str], policies: dict[str, str]) -> str:
-    """Deterministic three-step reasoning over every policy at once (prompt.mode joint); short,
-    since every token of it is trained and decoded for each item."""
+    """Deterministic two-step reasoning over every policy at once (prompt.mode joint); short,
+    since every token of it is trained and decoded for each item (on 2 CPU cores, each one counts)."""
     if not flagged:
         return ("Step 1 (intent): The content shows no intent to harm, demean or break the law.\n"
-                "Step 2 (harms): It is unlikely to cause real harm.\n"
-                "Step 3 (policy criteria): It violates none of the policies.")
+                "Step 2 (policies): It violates none of them.")
     names = " and ".join(title(q) for q in flagged)
     return (f"Step 1 (intent): The content seeks or expresses {names}.\n"
-            f"Step 2 (harms): It could lead to real harm: {_short(policies[flagged[0]])}.\n"
-            f"Step 3 (policy criteria): It violates {', '.join(flagged)}; the other policies do not apply.")
+            f"Step 2 (policies): {_short(policies[flagged[0]]).capitalize()}: it violates {', '.join(flagged)}.")
 
 
 def joint_rows(traces: list[dict], policies: dict[str, str]) -> tuple[list[dict], dict]:

@@ -36,7 +36,8 @@ WORDS = ("please explain how I could get into my neighbour's wifi without the pa
 def texts_for(n: int, contents: str | None) -> list[str]:
     """n distinct texts: from a JSONL file's `content` (numbered when reused), or synthetic."""
     if contents:
-        pool = [json.loads(line)["content"][:2000] for line in open(contents) if line.strip()]
+        lines = Path(contents).read_text().splitlines()
+        pool = [json.loads(line)["content"][:2000] for line in lines if line.strip()]
         return [pool[i % len(pool)] + (f" ({i // len(pool)})" if i >= len(pool) else "") for i in range(n)]
     return [" ".join(WORDS[(7 * i) % len(WORDS):][: 6 + (5 * i) % 30]) + f" (case {i})" for i in range(n)]
 
@@ -51,7 +52,7 @@ def params_for(path: str, preset: str | None, max_new_tokens: int | None, batch:
     ev = raw.setdefault("evaluate", {})
     ev.update({k: v for k, v in (("max_new_tokens", max_new_tokens), ("batch_size", batch)) if v})
     f = Path(tempfile.mkdtemp()) / "params.yaml"
-    f.write_text(yaml.safe_dump(raw))
+    f.write_text(yaml.safe_dump(raw, sort_keys=False))  # policies keep their order
     return load_params(f)
 
 
@@ -100,7 +101,7 @@ def level(url: str, texts: list[str], clients: int, procs: int) -> tuple[float, 
 
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
 
 def main() -> None:

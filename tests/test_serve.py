@@ -140,7 +140,8 @@ def blocked(monkeypatch):
 
 def test_each_bad_input_gets_its_status(tiny_model, params, blocked):
     limits = Limits(max_items=3, max_chars=2000, max_body_bytes=20000, max_queue=2, timeout_s=1.0)
-    with BackgroundServer(create_app(fresh_guard(tiny_model, params), "tiny", limits)) as srv:
+    app = create_app(fresh_guard(tiny_model, params), "tiny", limits)
+    with BackgroundServer(app) as srv:
         def status(body, path="/v1/moderations", method=None):
             s, h, js = call(srv.url, path, body, method=method)
             assert js["error"]["message"] and js["error"]["code"] == s, js
@@ -178,6 +179,11 @@ def test_each_bad_input_gets_its_status(tiny_model, params, blocked):
         # too long for the model's 1,024-token context: refused before generation
         s, _, msg = status({"input": "z " * 990})
         assert s == 413 and "context" in msg
+        # after SIGTERM (make_server's handler sets it) a request on an open connection is refused
+        app.state.draining = True
+        s, h, msg = status({"input": "late"})
+        assert s == 503 and "shutting down" in msg and h["Connection"] == "close"
+        app.state.draining = False
 
 
 def free_port():

@@ -382,7 +382,7 @@ class BackgroundServer:
         self.thread = threading.Thread(target=self.server.run, name="guardrsft-serve", daemon=True)
         self.host = host
 
-    def __enter__(self) -> "BackgroundServer":
+    def __enter__(self) -> BackgroundServer:
         self.thread.start()
         t0 = time.time()
         while not self.server.started:

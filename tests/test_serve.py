@@ -238,3 +238,12 @@ def test_sigterm_lets_the_request_in_flight_finish_and_refuses_new_ones(tiny_mod
     assert seen["late"] in (503, "refused")
     # the answer reached the cache file before the server stopped
     assert len((tmp_path / "answers.jsonl").read_text().splitlines()) == 6
+
+
+def test_serve_without_a_model_explains(tmp_path):
+    from typer.testing import CliRunner
+
+    from guardrsft.cli import app
+
+    r = CliRunner().invoke(app, ["serve", str(tmp_path / "nope"), "--params", str(ROOT / "params.yaml")])
+    assert r.exit_code == 2 and "nope' not found" in r.output

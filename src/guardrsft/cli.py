@@ -254,8 +254,8 @@ def serve(
 ):
     """Serve the guard as an OpenAI-compatible moderation API (docs/SERVE.md).
 
-    POST /v1/moderations (the `openai` client's moderations.create), POST /v1/classify
-    (verdicts and reasoning per policy), GET /health, GET /v1/models.
+    Routes: POST /v1/moderations (the `openai` client's moderations.create),
+    POST /v1/classify (verdicts and reasoning per policy), GET /health, GET /v1/models.
 
     Examples:
       guardrsft serve models/merged

@@ -247,3 +247,5 @@ def test_serve_without_a_model_explains(tmp_path):
 
     r = CliRunner().invoke(app, ["serve", str(tmp_path / "nope"), "--params", str(ROOT / "params.yaml")])
     assert r.exit_code == 2 and "nope' not found" in r.output
+    r = CliRunner().invoke(app, ["serve", str(tmp_path), "--max-queue", "8", "--max-items", "9"])
+    assert r.exit_code == 2 and "--max-queue (8) must be at least --max-items (9)" in r.output

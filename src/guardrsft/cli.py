@@ -265,6 +265,10 @@ def serve(
     from .serve import Limits, create_app, make_server
 
     def run():
+        from .models import ModelError
+
+        if max_queue < max_items:  # a full-size request could never be queued
+            raise ModelError(f"--max-queue ({max_queue}) must be at least --max-items ({max_items})")
         p = _params(params)
         guard = _open(model, adapter, p, batch_size=batch_size, cache_path=cache)
         limits = Limits(max_items=max_items, max_chars=max_chars, max_body_bytes=max_body_bytes,

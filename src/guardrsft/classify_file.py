@@ -25,8 +25,10 @@ from .models import ModelError, check_device
 OK, PARSE_ERROR, EMPTY, MALFORMED, OVERSIZED = "ok", "parse_error", "empty", "malformed", "oversized"
 
 
-def open_guard(model: str, params: Params, adapter: Optional[str] = None, batch_size: Optional[int] = None):
-    """A Guard on a merged model folder (or base + adapter), or on a .gguf file."""
+def open_guard(model: str, params: Params, adapter: Optional[str] = None, batch_size: Optional[int] = None,
+               cache_path: Optional[str] = None):
+    """A Guard on a merged model folder (or base + adapter), or on a .gguf file; answers are
+    cached in `cache_path` (JSONL) when given."""
     from .guard import Guard, load_guard
 
     if model.endswith(".gguf"):
@@ -40,8 +42,9 @@ def open_guard(model: str, params: Params, adapter: Optional[str] = None, batch_
             m.to("cuda")
         st = Path(model).stat()
         return Guard(m, tok, params, fingerprint=f"gguf:{Path(model).name}:{st.st_size}:{st.st_mtime_ns}",
-                     max_new_tokens=params.max_new_tokens, batch_size=batch_size or params.eval_batch_size)
-    return load_guard(model, adapter=adapter, params=params, batch_size=batch_size)
+                     max_new_tokens=params.max_new_tokens, batch_size=batch_size or params.eval_batch_size,
+                     cache_path=cache_path)
+    return load_guard(model, adapter=adapter, params=params, batch_size=batch_size, cache_path=cache_path)
 
 
 class Stream:

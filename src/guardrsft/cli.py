@@ -117,11 +117,11 @@ def _check_model(model: str) -> None:
         raise FileNotFoundError(f"{model}: GGUF file not found (export writes models/gguf/*.gguf)")
 
 
-def _open(model: str, adapter: Optional[str], p, batch_size: Optional[int] = None):
+def _open(model: str, adapter: Optional[str], p, batch_size: Optional[int] = None, cache_path: Optional[str] = None):
     from .classify_file import open_guard
 
     _check_model(model)
-    return open_guard(model, p, adapter=adapter, batch_size=batch_size)
+    return open_guard(model, p, adapter=adapter, batch_size=batch_size, cache_path=cache_path)
 
 
 @app.command()
@@ -236,6 +236,59 @@ def classify_file(
                + (f"; {s['redone']} redone (another setup)" if s["redone"] else ""),
                err=True)
     raise typer.Exit(0 if s["all_ok"] else 1)
+
+
+@app.command()
+def serve(
+    model: str = typer.Argument("models/merged", help="A merged model folder (export's models/merged), a .gguf "
+                                                      "file, or a base model together with --adapter."),
+    adapter: Optional[str] = ADAPTER,
+    host: str = typer.Option("127.0.0.1", help="Address to bind; 0.0.0.0 exposes the server to the network "
+                                               "(put it behind a proxy and set the API key, docs/SERVE.md)."),
+    port: int = typer.Option(8000, min=0, max=65535),
+    name: Optional[str] = typer.Option(None, help="The model id in answers and /v1/models (default: the model's "
+                                                  "folder or file name)."),
+    cache: Optional[str] = typer.Option(None, help="Answer cache (JSONL), kept across restarts; answers are "
+                                                   "always cached in memory."),
+    api_key_env: str = typer.Option("GUARDRSFT_API_KEY", help="When this environment variable is set, requests "
+                                                              "need `Authorization: Bearer <its value>`."),
+    max_items: int = typer.Option(64, min=1, help="Texts per request (413 above)."),
+    max_chars: int = typer.Option(8000, min=1, help="Characters per text (413 above)."),
+    max_body_bytes: int = typer.Option(4 << 20, min=1, help="Request body size (413 above)."),
+    max_queue: int = typer.Option(1024, min=1, help="Texts waiting for the model (503 + Retry-After above)."),
+    max_batch: int = typer.Option(256, min=1, help="Texts answered by one batched classify call."),
+    timeout: float = typer.Option(120.0, min=0.1, help="Seconds a request may wait and run (504 after)."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Generation batch (default: params' evaluate batch)."),
+    params: str = PARAMS,
+):
+    """Serve the guard as an OpenAI-compatible moderation API (docs/SERVE.md).
+
+    Routes: POST /v1/moderations (the `openai` client's moderations.create),
+    POST /v1/classify (verdicts and reasoning per policy), GET /health, GET /v1/models.
+
+    Examples:
+      guardrsft serve models/merged
+      GUARDRSFT_API_KEY=secret guardrsft serve models/merged --host 0.0.0.0 --port 8080"""
+    import os
+
+    from .serve import Limits, create_app, make_server
+
+    def run():
+        from .models import ModelError
+
+        if max_queue < max_items:  # a full-size request could never be queued
+            raise ModelError(f"--max-queue ({max_queue}) must be at least --max-items ({max_items})")
+        p = _params(params)
+        guard = _open(model, adapter, p, batch_size=batch_size, cache_path=cache)
+        limits = Limits(max_items=max_items, max_chars=max_chars, max_body_bytes=max_body_bytes,
+                        max_queue=max_queue, max_batch=max_batch, timeout_s=timeout)
+        token = os.environ.get(api_key_env) or None
+        app_ = create_app(guard, name or Path(model.rstrip("/")).name, limits, token=token)
+        typer.echo(f"serve: {model} ({guard.backend}, policies: {', '.join(guard.p.policies)}) on "
+                   f"http://{host}:{port}" + (f"; API key from ${api_key_env}" if token else "; no API key"), err=True)
+        make_server(app_, host, port, timeout).run()
+
+    _guarded(run)
 
 
 if __name__ == "__main__":

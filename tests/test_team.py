@@ -23,7 +23,7 @@ BUCKET = "guardrsft-team"
 # made up at run time: found in git or MLflow only if something leaked it there
 KEY_ID, SECRET = f"AKIA{uuid.uuid4().hex[:16].upper()}", f"secret-{uuid.uuid4().hex}"
 LRS = (1e-5, 2e-4)
-KEEP = "Experiment|^lr$|^exact_match$|^delta_vs_notebook_baseline$|^harmful_f1$"  # docs/TEAM.md
+KEEP = "Experiment|^lr$|^exact_match$|^delta_vs_notebook$|^harmful_f1$"  # docs/TEAM.md
 SHARED = ("models/adapter/adapter_model.safetensors", "models/adapter/adapter_config.json",
           "models/merged/model.safetensors", "data/prepared/train.jsonl", "data/traces/train.jsonl",
           "data/predictions/test.jsonl", "metrics/eval.json", "metrics/train.json", "metrics/plots/train_loss.png",
@@ -132,7 +132,8 @@ def test_experiments_from_b_show_up_in_a(team):
     rows = exp_rows(json.loads(run(["dvc", "exp", "show", "--json"], team.a, team.env).stdout))
     by_name = {r["name"]: r for r in rows}
     base = next(r for r in rows if r["rev"] == team.head)
-    assert base["lr"] == 5e-5 and base["eval"]["notebook_baseline_exact_match"] == 0.57
+    assert base["lr"] == 5e-5 and base["eval"]["delta_vs_notebook"] == pytest.approx(base["eval"]["exact_match"] - 0.57,
+                                                                           abs=1e-4)
     for lr, name in team.names.items():
         assert by_name[name]["lr"] == lr
         assert 0 <= by_name[name]["eval"]["exact_match"] <= 1
@@ -142,7 +143,7 @@ def test_experiments_from_b_show_up_in_a(team):
     # the table as a user reads it: a few columns (all of them do not fit a terminal)
     table = run(["dvc", "exp", "show", "--no-pager", "--drop", ".*", "--keep", KEEP], team.a,
                 dict(team.env, COLUMNS="160")).stdout
-    assert all(name in table for name in team.names.values()) and "delta_vs_notebook_baseline" in table
+    assert all(name in table for name in team.names.values()) and "delta_vs_notebook" in table
 
 
 def test_metrics_params_and_plots_diff_between_experiments(team, tmp_path):
@@ -151,7 +152,7 @@ def test_metrics_params_and_plots_diff_between_experiments(team, tmp_path):
     assert params["params.yaml"]["lr"]["old"] == LRS[0] and params["params.yaml"]["lr"]["new"] == LRS[1]
     assert set(params["params.yaml"]) == {"lr"}
     metrics = json.loads(run(["dvc", "metrics", "diff", lo, hi, "--all", "--json"], team.a, team.env).stdout)
-    assert {"metrics/eval.json", "metrics/train.json"} <= set(metrics)
+    assert set(metrics) == {"metrics/eval.json", "metrics/eval_hsdpo.json"}  # the headline files only
     ev = metrics["metrics/eval.json"]
     shown = {r["name"]: r["eval"] for r in exp_rows(json.loads(run(["dvc", "exp", "show", "--json"],
                                                                     team.a, team.env).stdout))}
@@ -208,7 +209,7 @@ def test_mlflow_server_has_one_parent_per_pipeline_run(team, servers, tmp_path):
     assert parent.data.params["lr"] == "5e-05" and parent.data.params["resolved.max_steps"] == "2"
     assert parent.data.params["policies.violence"].startswith("Threatens")
     # metrics: vs the notebook's 57% and vs the zero-shot base measured in the same run
-    ev = json.loads((team.a / "metrics/eval.json").read_text())
+    ev = json.loads((team.a / "metrics/eval_detail.json").read_text())
     m = parent.data.metrics
     assert m["eval.exact_match"] == ev["exact_match"] and m["eval.delta_vs_baseline"] == ev["delta_vs_notebook_baseline"]
     assert m["eval.delta_vs_measured_baseline.exact_match"] == ev["delta_vs_measured_baseline"]["exact_match"]

@@ -48,8 +48,11 @@ def test_repro_writes_metrics_adapter_and_model(tiny_repo):
         "exact_match": ev["exact_match"], "harmful_f1": ev["harmful_f1"], "parse_fail": ev["parse_failure_rate"],
         "delta_vs_base": ev["delta_vs_measured_baseline"]["exact_match"],
         "delta_vs_notebook": ev["delta_vs_notebook_baseline"]}
-    said = [x for x in first.stderr.splitlines() if x.startswith("[evaluate] ")][-1]
-    assert "the adapter" in said and "the zero-shot base" in said and "the notebook's 57%" in said, said
+    # (evaluate_hsdpo prints "[evaluate] ..." lines too: find the verdict, right after the figures)
+    lines = first.stderr.splitlines()
+    at = [i for i, x in enumerate(lines) if x.startswith("[evaluate] the adapter ")]
+    assert len(at) == 1 and "the zero-shot base" in lines[at[0]] and "the notebook's 57%" in lines[at[0]], lines
+    assert lines[at[0] - 1].startswith("[evaluate] exact match ")
     assert "is empty" not in first.stdout + first.stderr  # no warning a user cannot act on
     for k in ("exact_match", "binary_accuracy", "harmful_f1", "parse_failure_rate"):
         assert 0 <= ev[k] <= 1

@@ -149,7 +149,7 @@ def main() -> None:
                                 for e in ev[:25]]
         rep["rows"][rows] = r
         print(json.dumps({rows: r}), flush=True)
-        del eng, r
+        eng = r = None  # the engine freed before the next size (not `del`: the lambdas above read eng)
         if cuda:
             torch.cuda.empty_cache()
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -1,21 +1,24 @@
-"""Validate the whole params.yaml and write the preset-resolved values.
+"""Validate the whole params.yaml and write, per stage, the resolved values that stage reads.
 
-Tested with: python stages/check_params.py params.yaml metrics/params_resolved.json
+Tested with: python stages/check_params.py params.yaml metrics/params
 
-It tracks every key (dvc.yaml lists `params.yaml:` with no keys), so a misspelled
-`dvc exp run -S lr_typo=1` reaches this stage and fails it by name.
+The root of the pipeline (`always_changed`, no torch import): every `dvc repro <stage>` runs it
+first, so a bad value (`preset: t5`, `lr: "abc"`) or a misspelled `dvc exp run -S` key fails by
+name before DVC decides to skip anything. metrics/params/<stage>.json holds exactly the params
+the stage's code reads (guardrsft.graph.params_read), preset values and the base model after
+GUARDRSFT_BASE_MODEL resolved; each stage depends on its file, so only a change it reads reruns it.
+all.json: every effective value.
 """
 import sys
 
 from guardrsft.config import load_params
 from guardrsft.errors import run_stage
-from guardrsft.io import write_json
-from guardrsft.tracking import redact
+from guardrsft.graph import write_stage_params
 
 
-def main(params_path: str, out: str) -> None:
-    # git keeps this file: a token inside a URL param (traces.openai.base_url...) is redacted
-    write_json(out, redact(load_params(params_path).resolved()))
+def main(params_path: str, out_dir: str) -> None:
+    for path, changed in write_stage_params(load_params(params_path), out_dir).items():
+        print(f"[check_params] {path}{'' if changed else ' (unchanged)'}", file=sys.stderr)
 
 
 if __name__ == "__main__":

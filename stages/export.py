@@ -1,7 +1,7 @@
 """Merge the adapter, write GGUF files and an Ollama Modelfile, check them, write the model card.
 
 Tested with: python stages/export.py models/adapter models/adapter_hsdpo models/merged models/gguf \
-    metrics/export.json metrics/eval.json metrics/eval_hsdpo.json metrics/train.json metrics/data.json
+    metrics/export.json metrics/eval_detail.json metrics/eval_hsdpo_detail.json metrics/train.json metrics/data.json
 (export.adapter picks the R-SFT or the HS-DPO adapter; each comes with its evaluation metrics.)
 """
 import sys

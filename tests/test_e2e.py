@@ -42,7 +42,18 @@ def test_repro_writes_metrics_adapter_and_model(tiny_repo):
     train = json.loads((repo / "metrics/train.json").read_text())
     assert train["steps"] == 2 and train["final_loss"] > 0
     assert (repo / "metrics/plots/train_loss.csv").read_text().startswith("step,loss")
-    ev = json.loads((repo / "metrics/eval.json").read_text())
+    ev = json.loads((repo / "metrics/eval_detail.json").read_text())
+    # the DVC metrics file: the headline figures only; the stage's last line says who beat whom
+    assert json.loads((repo / "metrics/eval.json").read_text()) == {
+        "exact_match": ev["exact_match"], "harmful_f1": ev["harmful_f1"], "parse_fail": ev["parse_failure_rate"],
+        "delta_vs_base": ev["delta_vs_measured_baseline"]["exact_match"],
+        "delta_vs_notebook": ev["delta_vs_notebook_baseline"]}
+    # (evaluate_hsdpo prints "[evaluate] ..." lines too: find the verdict, right after the figures)
+    lines = first.stderr.splitlines()
+    at = [i for i, x in enumerate(lines) if x.startswith("[evaluate] the adapter ")]
+    assert len(at) == 1 and "the zero-shot base" in lines[at[0]] and "the notebook's 57%" in lines[at[0]], lines
+    assert lines[at[0] - 1].startswith("[evaluate] exact match ")
+    assert "is empty" not in first.stdout + first.stderr  # no warning a user cannot act on
     for k in ("exact_match", "binary_accuracy", "harmful_f1", "parse_failure_rate"):
         assert 0 <= ev[k] <= 1
         assert 0 <= ev["baseline"][k] <= 1
@@ -66,7 +77,7 @@ def test_repro_writes_metrics_adapter_and_model(tiny_repo):
     # the HS-DPO branch ran, so export.adapter: auto shipped its adapter unless it scored below
     # R-SFT's on exact match (export.auto_metric), and the card says which recipe it shipped
     shipped = json.loads((repo / "metrics/export.json").read_text())["adapter"]
-    evh = json.loads((repo / "metrics/eval_hsdpo.json").read_text())
+    evh = json.loads((repo / "metrics/eval_hsdpo_detail.json").read_text())
     dpo_won = evh["exact_match"] >= ev["exact_match"]
     assert shipped["which"] == ("hsdpo" if dpo_won else "rsft") and "export.adapter: auto" in shipped["why"]
     assert shipped["path"] == ("models/adapter_hsdpo" if dpo_won else "models/adapter")
@@ -106,7 +117,8 @@ def test_second_repro_changes_nothing(tiny_repo):
     repo, env, _ = tiny_repo
     lock = (repo / "dvc.lock").read_text()
     out = run(["dvc", "repro"], repo, env)
-    assert "Running stage" not in out.stdout
+    # only the root, check_params (always_changed: it validates params.yaml before anything is skipped)
+    assert [x for x in out.stdout.splitlines() if x.startswith("Running stage")] == ["Running stage 'check_params':"]
     assert (repo / "dvc.lock").read_text() == lock
 
 
@@ -134,7 +146,8 @@ def test_push_then_pull_in_a_fresh_clone(tiny_repo):
               "data/prepared/test.jsonl", "data/predictions/test.jsonl", "metrics/eval.json"):
         assert (clone / f).read_bytes() == (repo / f).read_bytes(), f
     out = run(["dvc", "repro"], clone, env)
-    assert "Running stage" not in out.stdout
+    # only the root, check_params (always_changed: it validates params.yaml before anything is skipped)
+    assert [x for x in out.stdout.splitlines() if x.startswith("Running stage")] == ["Running stage 'check_params':"]
 
 
 @pytest.mark.e2e

@@ -302,15 +302,16 @@ def test_disabled_stages_write_enabled_false_without_a_model(tmp_path):
                  "metrics/hard_samples.json", "data/prepared/val.jsonl", "data/prepared/test.jsonl"],
                 ["stages/train_hsdpo.py", "data/hard_samples/pairs.jsonl", "models/adapter", "models/adapter_hsdpo",
                  "metrics/hsdpo.json", "metrics/plots/hsdpo_loss.csv"],
-                ["stages/evaluate_hsdpo.py", "data/prepared/test.jsonl", "models/adapter_hsdpo", "metrics/eval.json",
-                 "data/predictions/test.jsonl", "metrics/eval_hsdpo.json", "data/predictions/hsdpo",
-                 "metrics/plots/eval_hsdpo"]):
+                ["stages/evaluate_hsdpo.py", "data/prepared/test.jsonl", "models/adapter_hsdpo",
+                 "metrics/eval_detail.json", "data/predictions/test.jsonl", "metrics/eval_hsdpo_detail.json",
+                 "data/predictions/hsdpo", "metrics/plots/eval_hsdpo", "metrics/eval_hsdpo.json"]):
         out = subprocess.run([sys.executable, *cmd], cwd=repo, env=env, capture_output=True, text=True)
         assert out.returncode == 0, out.stderr[-2000:]
         assert "[hsdpo] disabled: hsdpo.enabled is false" in out.stderr
     assert time.time() - t0 < 60
-    for f in ("metrics/hard_samples.json", "metrics/hsdpo.json", "metrics/eval_hsdpo.json",
+    for f in ("metrics/hard_samples.json", "metrics/hsdpo.json", "metrics/eval_hsdpo_detail.json",
               "models/adapter_hsdpo/hsdpo.json", "data/predictions/hsdpo/hsdpo.json"):
         assert json.loads((repo / f).read_text())["enabled"] is False, f
+    assert json.loads((repo / "metrics/eval_hsdpo.json").read_text()) == {}  # the DVC metrics file: no row of text
     assert (repo / "data/hard_samples/pairs.jsonl").read_text() == ""
     assert (repo / "metrics/plots/hsdpo_loss.png").stat().st_size > 0

@@ -23,7 +23,7 @@ BUCKET = "guardrsft-team"
 # made up at run time: found in git or MLflow only if something leaked it there
 KEY_ID, SECRET = f"AKIA{uuid.uuid4().hex[:16].upper()}", f"secret-{uuid.uuid4().hex}"
 LRS = (1e-5, 2e-4)
-KEEP = "Experiment|^lr$|^exact_match$|^delta_vs_notebook_baseline$|^harmful_f1$"  # docs/TEAM.md
+KEEP = "Experiment|^lr$|^exact_match$|^delta_vs_notebook$|^harmful_f1$"  # docs/TEAM.md
 SHARED = ("models/adapter/adapter_model.safetensors", "models/adapter/adapter_config.json",
           "models/merged/model.safetensors", "data/prepared/train.jsonl", "data/traces/train.jsonl",
           "data/predictions/test.jsonl", "metrics/eval.json", "metrics/train.json", "metrics/plots/train_loss.png",
@@ -108,7 +108,9 @@ def test_fresh_clone_pulls_identical_outputs_from_s3_and_reruns_nothing(team, se
         assert f"Running stage '{stage}'" in team.repro_a.stdout
     for f in SHARED:
         assert (team.b / f).read_bytes() == (team.a / f).read_bytes(), f
-    assert "Running stage" not in team.repro_b.stdout
+    # only the root, check_params (always_changed: it validates params.yaml before anything is skipped)
+    assert [x for x in team.repro_b.stdout.splitlines() if x.startswith("Running stage")] == [
+        "Running stage 'check_params':"]
     # the data went to the S3 bucket, not to the repo's default folder remote
     keys = [o["Key"] for page in servers.s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
             for o in page.get("Contents", [])]
@@ -132,7 +134,8 @@ def test_experiments_from_b_show_up_in_a(team):
     rows = exp_rows(json.loads(run(["dvc", "exp", "show", "--json"], team.a, team.env).stdout))
     by_name = {r["name"]: r for r in rows}
     base = next(r for r in rows if r["rev"] == team.head)
-    assert base["lr"] == 5e-5 and base["eval"]["notebook_baseline_exact_match"] == 0.57
+    assert base["lr"] == 5e-5 and base["eval"]["delta_vs_notebook"] == pytest.approx(base["eval"]["exact_match"] - 0.57,
+                                                                           abs=1e-4)
     for lr, name in team.names.items():
         assert by_name[name]["lr"] == lr
         assert 0 <= by_name[name]["eval"]["exact_match"] <= 1
@@ -142,7 +145,7 @@ def test_experiments_from_b_show_up_in_a(team):
     # the table as a user reads it: a few columns (all of them do not fit a terminal)
     table = run(["dvc", "exp", "show", "--no-pager", "--drop", ".*", "--keep", KEEP], team.a,
                 dict(team.env, COLUMNS="160")).stdout
-    assert all(name in table for name in team.names.values()) and "delta_vs_notebook_baseline" in table
+    assert all(name in table for name in team.names.values()) and "delta_vs_notebook" in table
 
 
 def test_metrics_params_and_plots_diff_between_experiments(team, tmp_path):
@@ -151,7 +154,7 @@ def test_metrics_params_and_plots_diff_between_experiments(team, tmp_path):
     assert params["params.yaml"]["lr"]["old"] == LRS[0] and params["params.yaml"]["lr"]["new"] == LRS[1]
     assert set(params["params.yaml"]) == {"lr"}
     metrics = json.loads(run(["dvc", "metrics", "diff", lo, hi, "--all", "--json"], team.a, team.env).stdout)
-    assert {"metrics/eval.json", "metrics/train.json"} <= set(metrics)
+    assert "metrics/eval.json" in metrics and set(metrics) <= {"metrics/eval.json", "metrics/eval_hsdpo.json"}
     ev = metrics["metrics/eval.json"]
     shown = {r["name"]: r["eval"] for r in exp_rows(json.loads(run(["dvc", "exp", "show", "--json"],
                                                                     team.a, team.env).stdout))}
@@ -208,7 +211,7 @@ def test_mlflow_server_has_one_parent_per_pipeline_run(team, servers, tmp_path):
     assert parent.data.params["lr"] == "5e-05" and parent.data.params["resolved.max_steps"] == "2"
     assert parent.data.params["policies.violence"].startswith("Threatens")
     # metrics: vs the notebook's 57% and vs the zero-shot base measured in the same run
-    ev = json.loads((team.a / "metrics/eval.json").read_text())
+    ev = json.loads((team.a / "metrics/eval_detail.json").read_text())
     m = parent.data.metrics
     assert m["eval.exact_match"] == ev["exact_match"] and m["eval.delta_vs_baseline"] == ev["delta_vs_notebook_baseline"]
     assert m["eval.delta_vs_measured_baseline.exact_match"] == ev["delta_vs_measured_baseline"]["exact_match"]

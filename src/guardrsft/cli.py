@@ -77,21 +77,22 @@ def train(traces: str = "data/traces/train.jsonl", adapter: str = "models/adapte
 
 @app.command()
 def evaluate(test: str = "data/prepared/test.jsonl", adapter: str = "models/adapter",
-             metrics: str = "metrics/eval.json", predictions: str = "data/predictions/test.jsonl",
-             plots: str = "metrics/plots/eval", params: str = PARAMS):
+             metrics: str = "metrics/eval_detail.json", predictions: str = "data/predictions/test.jsonl",
+             plots: str = "metrics/plots/eval", params: str = PARAMS,
+             headline: str = typer.Option("metrics/eval.json", help="The headline figures (DVC's metrics file).")):
     """Compare the zero-shot base model and the adapter on the test split."""
     from . import pipeline
 
-    _guarded(lambda: pipeline.evaluate(_params(params), test, adapter, metrics, predictions, plots))
+    _guarded(lambda: pipeline.evaluate(_params(params), test, adapter, metrics, predictions, plots, headline))
 
 
 @app.command()
-def export(adapter: str = "models/adapter", out: str = "models/merged", eval_metrics: str = "metrics/eval.json",
+def export(adapter: str = "models/adapter", out: str = "models/merged", eval_metrics: str = "metrics/eval_detail.json",
            gguf_dir: str = typer.Option("models/gguf", help="Where the GGUF files, Modelfile and card go."),
            metrics: str = typer.Option("metrics/export.json", help="Sizes and round-trip results (JSON)."),
            hsdpo_adapter: str = typer.Option("models/adapter_hsdpo", help="Shipped instead of ADAPTER when "
                                              "export.adapter is hsdpo, or auto with hsdpo.enabled."),
-           hsdpo_eval: str = typer.Option("metrics/eval_hsdpo.json", help="The HS-DPO adapter's evaluation."),
+           hsdpo_eval: str = typer.Option("metrics/eval_hsdpo_detail.json", help="The HS-DPO adapter's evaluation."),
            params: str = PARAMS):
     """Merge the adapter, write GGUF files + an Ollama Modelfile, check them, write the model card."""
     from . import pipeline

@@ -247,6 +247,9 @@ class Params:
     export: ExportParams
     baseline: BaselineParams
     mlflow: MlflowParams
+    # the base model: null = the preset's; GUARDRSFT_BASE_MODEL overrides both (recorded as
+    # model_source in metrics/params/<stage>.json, so DVC reruns the stages that load it)
+    base_model: Optional[str] = None
     source: str = "params.yaml"
 
     # ---- preset resolution: explicit value > preset value
@@ -259,7 +262,14 @@ class Params:
 
     @property
     def model(self) -> str:
-        return os.environ.get("GUARDRSFT_BASE_MODEL") or self.hw["model"]
+        return os.environ.get("GUARDRSFT_BASE_MODEL") or self.base_model or self.hw["model"]
+
+    @property
+    def model_source(self) -> str:
+        """Where `model` comes from: env GUARDRSFT_BASE_MODEL, params base_model, or the preset."""
+        if os.environ.get("GUARDRSFT_BASE_MODEL"):
+            return "env GUARDRSFT_BASE_MODEL"
+        return "params base_model" if self.base_model else f"preset {self.preset}"
 
     @property
     def batch_size(self) -> int:
@@ -315,7 +325,7 @@ class Params:
         """Flat dict of every effective value (logged to MLflow and metrics)."""
         out = flatten(dataclasses.asdict(self))
         out.pop("source", None)
-        for k in ("model", "batch_size", "grad_accum", "max_length", "max_steps", "padding_free",
+        for k in ("model", "model_source", "batch_size", "grad_accum", "max_length", "max_steps", "padding_free",
                   "gradient_checkpointing", "eval_max_samples", "eval_batch_size", "max_new_tokens",
                   "hsdpo_enabled", "hsdpo_max_items", "hsdpo_max_steps"):
             out[f"resolved.{k}"] = getattr(self, k)
@@ -427,6 +437,8 @@ def _check_ranges(p: Params) -> None:
             raise ParamsError(f"{s}: `{key}` {what}.")
 
     need(p.preset in PRESETS, "preset", f"must be one of {', '.join(PRESETS)} (got {p.preset!r})")
+    need(p.base_model is None or p.base_model.strip() != "", "base_model",
+         "must be null (the preset's model) or a Hub id, local HF folder or embedded:<name>")
     need(0 < p.lr < 1, "lr", f"must be in (0, 1) (got {p.lr})")
     unknown = sorted(set(p.policies) - set(POLICY_IDS))
     need(not unknown, "policies", f"has unknown policy ids {unknown}; allowed: {', '.join(POLICY_IDS)}")

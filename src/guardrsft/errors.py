@@ -11,10 +11,12 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .models import ModelError
 
     errs: list[type[BaseException]] = [ParamsError, DataError, ModelError, FileNotFoundError]
-    from .teacher import TeacherError
-    from .train import TrainError
-
-    return tuple(errs + [TeacherError, TrainError])
+    # these can only have been raised if their module was imported: look them up instead of
+    # importing train/teacher into every stage (guardrsft.graph would make every stage depend on them)
+    for mod, name in (("teacher", "TeacherError"), ("train", "TrainError")):
+        if f"{__package__}.{mod}" in sys.modules:
+            errs.append(getattr(sys.modules[f"{__package__}.{mod}"], name))
+    return tuple(errs)
 
 
 def run_stage(fn: Callable[[], object]) -> None:

@@ -2,8 +2,9 @@
 same prompt, greedy decoding, on the test split and on every benchmark in
 `evaluate.benchmarks`; metrics, deltas, predictions and plots per set.
 
-Outputs: metrics_out (the test split's numbers at the top level, as before, and
-`benchmarks.<name>`), predictions_out (test) and <its folder>/benchmarks/<name>.jsonl,
+Outputs: metrics_out (every figure: the test split's numbers at the top level and
+`benchmarks.<name>`; the pipeline's stage also writes `headline()` to metrics/eval.json, the DVC
+metrics file), predictions_out (test) and <its folder>/benchmarks/<name>.jsonl (+ index.json),
 plots_dir/{confusion,per_policy_f1}.csv and plots_dir/benchmarks/{confusion,per_policy_f1}/<name>.csv.
 Both models answer every set in one `classify` call each (one model load, one prediction
 cache: a killed evaluation resumes where it stopped). With `evaluate.processes` > 1 (null: one
@@ -160,8 +161,9 @@ def evaluate(p: Params, test_path: str, adapter: str, metrics_out: str, predicti
     write_json(metrics_out, out)
 
     write_jsonl(predictions_out, _predictions(suites[0], results))
-    bench_preds = Path(predictions_out).parent / "benchmarks"
-    bench_preds.mkdir(parents=True, exist_ok=True)  # a DVC out, present even with no benchmarks
+    # a DVC out: never empty (DVC warns about an empty folder, which no user can act on)
+    write_json(Path(predictions_out).parent / "benchmarks" / "index.json",
+               {"benchmarks": [b["name"] for b in benches], "files": "<name>.jsonl per evaluate.benchmarks entry"})
     plots = Path(plots_dir)
     _plots(p, suites[0], results, out, plots / "confusion.csv", plots / "per_policy_f1.csv")
     pb = plots / "benchmarks"
@@ -178,6 +180,49 @@ def evaluate(p: Params, test_path: str, adapter: str, metrics_out: str, predicti
         if f1 is not None:
             plot_png.per_policy_f1(f1, pb / "images" / f"{name}_per_policy_f1.png")
     return out
+
+
+# the DVC metrics file (metrics/eval.json): one screen of `dvc exp show` / `dvc metrics show` in
+# 120 columns, so few keys with short names; every other figure is in the detail file
+def headline(m: dict) -> dict:
+    """Exact match, harmful F1, parse failures, and exact match minus the measured zero-shot base
+    and minus the notebook's baseline (baseline.exact_match, 0.57)."""
+    return {"exact_match": m["exact_match"], "harmful_f1": m["harmful_f1"],
+            "parse_fail": m["parse_failure_rate"],
+            "delta_vs_base": m["delta_vs_measured_baseline"]["exact_match"],
+            "delta_vs_notebook": m["delta_vs_notebook_baseline"]}
+
+
+def verdict(m: dict, notebook: float) -> str:
+    """One sentence: did the adapter beat the zero-shot base and the notebook's baseline on this
+    data, judged by the 95% bootstrap intervals (paired for the delta vs the base)."""
+    em, d = m["exact_match"], m["delta_vs_measured_baseline"]["exact_match"]
+    ci, dci = (m.get("ci95") or {}).get("exact_match"), (m.get("delta_vs_measured_baseline_ci95") or {}).get(
+        "exact_match")
+    if em is None or d is None:
+        return "no exact match on this data (no per-policy gold): see harmful F1 in metrics/eval.json"
+
+    def pts(x):
+        return f"{abs(x) * 100:.1f} points"
+
+    def iv(c):
+        return f"95% CI [{c['lo'] * 100:+.1f}, {c['hi'] * 100:+.1f}] points" if c else "no CI"
+
+    if dci and dci["lo"] > 0:
+        base = f"the adapter beat the zero-shot base by {pts(d)} of exact match ({iv(dci)})"
+    elif dci and dci["hi"] < 0:
+        base = f"the adapter scored below the zero-shot base by {pts(d)} of exact match ({iv(dci)})"
+    else:
+        base = (f"the adapter did not clearly beat the zero-shot base ({'+' if d >= 0 else '-'}{pts(d)} of exact "
+                f"match, {iv(dci)}, includes 0)")
+    where = f"exact match {em:.3f}" + (f", 95% CI [{ci['lo']:.3f}, {ci['hi']:.3f}]" if ci else "")
+    if ci and ci["lo"] > notebook:
+        nb = f"above the notebook's {notebook:.0%} ({where})"
+    elif ci and ci["hi"] < notebook:
+        nb = f"below the notebook's {notebook:.0%} ({where})"
+    else:
+        nb = f"not distinguishable from the notebook's {notebook:.0%} ({where})"
+    return f"{base}; {nb}"
 
 
 def benchmark_summary(m: dict) -> dict:

@@ -1,6 +1,6 @@
 """export: the merged model, GGUF files, an Ollama Modelfile, a model card, an optional Hub push.
 
-    export(p, "models/adapter", "models/merged", "metrics/eval.json",
+    export(p, "models/adapter", "models/merged", "metrics/eval_detail.json",
            gguf_dir="models/gguf", metrics_out="metrics/export.json")
 
 models/merged   safetensors merged into a 16-bit base (also after 4-bit training), tokenizer,

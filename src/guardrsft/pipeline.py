@@ -1,4 +1,6 @@
-"""The five stages as functions: stage scripts and the CLI both call these."""
+"""The pipeline's stages as functions (prepare, generate_traces, train_rsft, evaluate, export and
+the HS-DPO branch: mine_hard_samples, train_hsdpo, evaluate_hsdpo): stage scripts and the CLI both
+call these. check_params is stages/check_params.py alone (guardrsft.graph)."""
 from __future__ import annotations
 
 import sys
@@ -122,11 +124,16 @@ def train_rsft(p: Params, traces_path: str, adapter_out: str, metrics_out: str, 
     return m
 
 
-def evaluate(p: Params, test_path: str, adapter: str, metrics_out: str, predictions_out: str, plots_dir: str) -> dict:
-    from .evaluate import benchmark_summary, evaluate as run_eval
+def evaluate(p: Params, test_path: str, adapter: str, metrics_out: str, predictions_out: str, plots_dir: str,
+             headline_out: str | None = None) -> dict:
+    """metrics_out: every figure (metrics/eval_detail.json); headline_out: the few DVC shows
+    (metrics/eval.json, evaluate.headline). The last line printed says who beat whom."""
+    from .evaluate import benchmark_summary, evaluate as run_eval, headline, verdict
 
     with stage_run(p, "evaluate") as ml:
         m = run_eval(p, test_path, adapter, metrics_out, predictions_out, plots_dir)
+        if headline_out:
+            write_json(headline_out, headline(m))
         plots.render_eval(plots_dir)  # confusion.png, per_policy_f1.png beside the CSVs
         if ml is not None:
             log_flat_metrics(ml, {k: v for k, v in m.items() if k not in ("finetuned", "baseline")}, prefix="eval.")
@@ -151,6 +158,7 @@ def evaluate(p: Params, test_path: str, adapter: str, metrics_out: str, predicti
     print(f"[evaluate] exact match {m['exact_match']:.3f} (zero-shot base {b['exact_match']:.3f}, "
           f"notebook baseline {p.baseline.exact_match:.2f}); harmful F1 {m['harmful_f1']:.3f} "
           f"(base {b['harmful_f1']:.3f}); parse failures {m['parse_failure_rate']:.1%}", file=sys.stderr)
+    print(f"[evaluate] {verdict(m, p.baseline.exact_match)}", file=sys.stderr)
     return m
 
 
@@ -214,17 +222,20 @@ def train_hsdpo(p: Params, pairs_path: str, adapter_in: str, adapter_out: str, m
 
 
 def evaluate_hsdpo(p: Params, test_path: str, adapter: str, rsft_metrics: str, rsft_predictions: str,
-                   metrics_out: str, predictions_dir: str, plots_dir: str) -> dict:
+                   metrics_out: str, predictions_dir: str, plots_dir: str, headline_out: str | None = None) -> dict:
     """evaluate() on the HS-DPO adapter (its `finetuned` numbers), plus R-SFT's headline numbers
-    from rsft_metrics, `delta_vs_rsft` (HS-DPO minus R-SFT, same items and decoding) and its
-    paired bootstrap interval from both models' predictions (rsft_predictions: evaluate's
-    predictions file, its `benchmarks/` folder beside it)."""
+    from rsft_metrics (evaluate's detail file), `delta_vs_rsft` (HS-DPO minus R-SFT, same items and
+    decoding) and its paired bootstrap interval from both models' predictions (rsft_predictions:
+    evaluate's predictions file, its `benchmarks/` folder beside it). headline_out (the DVC
+    metrics file): `hsdpo_vs_rsft`, the exact match delta; empty with hsdpo off."""
     import json
 
     from . import hsdpo
     from .evaluate import HEADLINE, evaluate as run_eval
 
     if not p.hsdpo_enabled:
+        if headline_out:
+            write_json(headline_out, {})
         return hsdpo.disabled(p, metrics_out, dirs=[predictions_dir, plots_dir])
     with stage_run(p, "evaluate_hsdpo") as ml:
         m = run_eval(p, test_path, adapter, metrics_out, str(Path(predictions_dir) / "test.jsonl"), plots_dir)
@@ -234,6 +245,8 @@ def evaluate_hsdpo(p: Params, test_path: str, adapter: str, rsft_metrics: str, r
              "delta_vs_rsft_ci95": hsdpo.rsft_delta_ci(p, rsft_predictions, str(Path(predictions_dir) / "test.jsonl"),
                                                        delta)}
         write_json(metrics_out, m)
+        if headline_out:
+            write_json(headline_out, {"hsdpo_vs_rsft": delta["test"]["exact_match"]})
         plots.render_eval(plots_dir)
         if ml is not None:
             log_flat_metrics(ml, {k: v for k, v in m.items() if k not in ("finetuned", "baseline")}, prefix="eval_hsdpo.")

@@ -38,7 +38,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu": dict(
         model="embedded:smollm2-135m-instruct", device="cpu", dtype="float32", load_in_4bit=False,
         batch_size=4, grad_accum=1, max_length=384, attn_impl="sdpa", gradient_checkpointing=False,
-        max_steps=16, eval_max_samples=8, eval_batch_size=16, max_new_tokens=96, padding_free=False,
+        # one epoch of joint examples, LoRA in the top 12 of 30 layers (backpropagation stops there): the
+        # recipe that learned within ~4 minutes of 2-core training (docs/BENCHMARKS.md, "The embedded run")
+        max_steps=-1, lora_layers=12, eval_max_samples=None, eval_batch_size=40, max_new_tokens=120,
+        padding_free=False,
         # HS-DPO off by default on 2 cores (k samples per item); the tiny test turns it on
         hsdpo_enabled=False, hsdpo_max_items=8, hsdpo_max_steps=4,
     ),
@@ -46,7 +49,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # unsloth's pre-quantized copy of the same weights, as the notebook used
         model="unsloth/Llama-3.2-3B-Instruct", device="cuda", dtype="float16", load_in_4bit=True,
         batch_size=2, grad_accum=4, max_length=2048, attn_impl="sdpa", gradient_checkpointing=True,
-        max_steps=-1, eval_max_samples=None, eval_batch_size=32, max_new_tokens=512,
+        max_steps=-1, lora_layers=None, eval_max_samples=None, eval_batch_size=32, max_new_tokens=512,
         # T4: no bf16 and no FlashAttention; SDPA with padded batches is the safe path
         padding_free=False,
         hsdpo_enabled=True, hsdpo_max_items=None, hsdpo_max_steps=-1,
@@ -54,7 +57,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "a100": dict(
         model="meta-llama/Llama-3.1-8B-Instruct", device="cuda", dtype="bfloat16", load_in_4bit=False,
         batch_size=4, grad_accum=2, max_length=2048, attn_impl="sdpa", gradient_checkpointing=True,
-        max_steps=-1, eval_max_samples=None, eval_batch_size=64, max_new_tokens=512,
+        max_steps=-1, lora_layers=None, eval_max_samples=None, eval_batch_size=64, max_new_tokens=512,
         # each batch flattened into one row (no pad compute), attention kept per example via position_ids
         padding_free=True,
         hsdpo_enabled=True, hsdpo_max_items=None, hsdpo_max_steps=-1,
@@ -124,8 +127,8 @@ class TrainParams:
     lora_r: int = 16
     lora_alpha: int = 16
     lora_dropout: float = 0.0
-    # null: LoRA in every layer; N: only in the top N layers, so backpropagation stops there
-    # (about a third less compute per token on a 30-layer model at N=8: what the cpu preset trades)
+    # null: the preset's (cpu: 12, GPU presets: every layer); N: LoRA only in the top N layers, so
+    # backpropagation stops there (1.6x the tokens/s of all 30 layers on 2 cores at N=12)
     lora_layers: Optional[int] = None
     target_modules: list = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
@@ -310,7 +313,14 @@ class Params:
 
     @property
     def hsdpo_enabled(self) -> bool:
+        # the GPU presets' DPO branch pairs per-policy answers: off by default in joint mode
+        if self.hsdpo.enabled is None and self.prompt.mode != "per_policy":
+            return False
         return self._pick(self.hsdpo.enabled, "hsdpo_enabled")
+
+    @property
+    def lora_layers(self) -> Optional[int]:
+        return self._pick(self.train.lora_layers, "lora_layers")
 
     @property
     def hsdpo_max_items(self) -> Optional[int]:
@@ -327,7 +337,7 @@ class Params:
         out.pop("source", None)
         for k in ("model", "model_source", "batch_size", "grad_accum", "max_length", "max_steps", "padding_free",
                   "gradient_checkpointing", "eval_max_samples", "eval_batch_size", "max_new_tokens",
-                  "hsdpo_enabled", "hsdpo_max_items", "hsdpo_max_steps"):
+                  "hsdpo_enabled", "hsdpo_max_items", "hsdpo_max_steps", "lora_layers"):
             out[f"resolved.{k}"] = getattr(self, k)
         for k in ("device", "dtype", "load_in_4bit", "attn_impl"):
             out[f"resolved.{k}"] = self.hw[k]

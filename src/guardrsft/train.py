@@ -414,7 +414,7 @@ def train(p: Params, traces_path: str, adapter_out: str, metrics_out: str, plot_
     cfg = sft_config(p, str(ckpt), **extra)
     model = load_model(base, hw, for_training=True, gradient_checkpointing=p.gradient_checkpointing)
     n_layers = model.config.num_hidden_layers
-    top = min(p.train.lora_layers or n_layers, n_layers)
+    top = min(p.lora_layers or n_layers, n_layers)
     lora = LoraConfig(r=p.train.lora_r, lora_alpha=p.train.lora_alpha, lora_dropout=p.train.lora_dropout,
                       target_modules=list(p.train.target_modules), task_type="CAUSAL_LM", bias="none",
                       layers_to_transform=list(range(n_layers - top, n_layers)) if top < n_layers else None)

@@ -152,11 +152,19 @@ def classify(
         sys.stdout.flush()
 
     def run():
-        p = _params(params)
-        guard = _open(model, adapter, p)
+        guard = _open(model, adapter, _params(params))
+        p = guard.p  # the model's own prompt and policies when its folder describes itself (guardrsft.spec)
         item = {"content": text}
         if as_json or not stream:
             return guard.classify([item], policies=policy or None)[0]
+        if p.prompt.mode == "joint":  # one answer covers every policy: stream it once
+            write(f"== {', '.join(policy or p.policies)}\n")
+            s = Stream(write)
+            r = guard.classify([item], policies=policy or None, stream=s)[0]
+            s.finish(next(iter(r["raw"].values())))
+            for q, v in r["verdicts"].items():
+                write(f"-> {q}: {v or 'PARSE ERROR'}\n")
+            return r
         res = None
         for q in policy or list(p.policies):
             write(f"== {q}\n")

@@ -24,14 +24,15 @@ from .benchmarks import load_selected
 from .config import Params
 from .data import subsample
 from .guard import ContextError, load_guard
-from .io import read_jsonl, write_json, write_jsonl, write_text
+from .io import read_jsonl, write_json, write_jsonl, write_metrics, write_text
 from .metrics import bootstrap_ci, compute
 from .models import cache_dir
 from .shard import resolve_processes
 
 HEADLINE = ("exact_match", "binary_accuracy", "harmful_f1", "macro_f1", "benign_fpr", "parse_failure_rate")
 MODELS = (("finetuned", "fine-tuned (R-SFT adapter)"), ("baseline", "zero-shot base model"))
-KEEP = ("verdict", "flagged", "verdicts", "is_parse_error", "reasoning", "latency_s")
+# per item in the predictions file (a DVC output: no latency, which differs run to run)
+KEEP = ("verdict", "flagged", "verdicts", "is_parse_error", "reasoning")
 
 
 def split_suite(p: Params, test_path: str) -> dict:
@@ -59,7 +60,8 @@ def _classify(p: Params, suites: list[dict], adapter: str | None, label: str) ->
                                           cache_dir() / "predictions-shards", label=f"evaluate-{label.split()[0]}",
                                           read_also=[cache_dir() / "predictions.jsonl"])  # one-process answers
     else:
-        guard = load_guard(p.model, adapter=adapter, params=p, cache_path=str(cache_dir() / "predictions.jsonl"))
+        guard = load_guard(p.model, adapter=adapter, params=p, cache_path=str(cache_dir() / "predictions.jsonl"),
+                           strict=True)  # an adapter trained with another prompt or taxonomy is refused
         try:
             results = guard.classify(items, progress=True)
         except ContextError as e:
@@ -158,7 +160,7 @@ def evaluate(p: Params, test_path: str, adapter: str, metrics_out: str, predicti
     out["speed"] = speed
     if benches:
         out["benchmarks"] = {b["name"]: scored[b["name"]] for b in benches}
-    write_json(metrics_out, out)
+    write_metrics(metrics_out, out)  # `speed` goes to metrics/timings/
 
     write_jsonl(predictions_out, _predictions(suites[0], results))
     # a DVC out: never empty (DVC warns about an empty folder, which no user can act on)

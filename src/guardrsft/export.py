@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Optional
 
 from .config import Params
-from .io import atomic_dir, write_json, write_text
+from . import spec
+from .io import atomic_dir, write_metrics, write_text
 from .licensing import Licence, base_licence, hub_name_problem, licence_text, published_name, write_files
 from .models import load_tokenizer, resolve_base, save_merged
 
@@ -55,9 +56,7 @@ def merge(p: Params, adapter: str, out_dir: str) -> dict:
     t0 = time.time()
     with atomic_dir(out_dir) as tmp:
         save_merged(resolve_base(p.model), adapter, p.export.dtype, tmp)
-        (tmp / "guardrsft.json").write_text(json.dumps(
-            {"base_model": p.model, "preset": p.preset, "prompt": {"system": p.prompt.system,
-             "template": p.prompt.template, "version": p.prompt.version}, "policies": p.policies}, indent=2))
+        spec.write(tmp, p)  # prompt, policies, decoding, verdict rule: read back by load_guard
     size = sum(f.stat().st_size for f in Path(out_dir).glob("*.safetensors"))
     return {"dtype": p.export.dtype, "bytes": size, "seconds": round(time.time() - t0, 2)}
 
@@ -335,5 +334,5 @@ def export(p: Params, adapter: str, out_dir: str, eval_metrics_path: Optional[st
         write_text(Path(gguf_dir) / "README.md", card)
     report["push"] = push_to_hub(p, {"": out_dir, "gguf": gguf_dir})
     if metrics_out:
-        write_json(metrics_out, report)
+        write_metrics(metrics_out, report)  # merge/GGUF seconds go to metrics/timings/
     return Path(out_dir)

@@ -520,13 +520,18 @@ def row_sampler(seeds: list[int], temperature: float, top_p: float, width: int, 
 
 def load_guard(base: str, adapter: Optional[str] = None, params: Optional[Params] = None,
                max_new_tokens: Optional[int] = None, batch_size: Optional[int] = None,
-               cache_path: Optional[str] = None, merge: bool = True, backend: Optional[str] = None) -> Guard:
+               cache_path: Optional[str] = None, merge: bool = True, backend: Optional[str] = None,
+               strict: bool = False) -> Guard:
     """base: `embedded:NAME`, a Hub id or a local HF folder; adapter: a PEFT folder or None;
     backend: params' evaluate.backend when None (auto: the slot engine on CUDA, else transformers;
-    vllm: guardrsft.vllm_backend)."""
+    vllm: guardrsft.vllm_backend). A model folder's own guardrsft.json (guardrsft.spec: prompt,
+    policies, answer budget) wins over params; strict: a difference is an error instead of a note."""
+    from . import spec
     from .config import load_params
 
     p = params or load_params()
+    own = adapter or (base if Path(base).is_dir() else None)
+    p = spec.apply(p, own, strict=strict)
     backend = backend or p.evaluate.backend
     if backend not in ("auto", "vllm"):
         raise ValueError(f"load_guard: backend must be auto or vllm (got {backend!r})")

@@ -47,6 +47,48 @@ def write_text(path, text: str) -> None:
         tmp.write_text(text)
 
 
+# Figures that differ between two runs of the same computation (wall time, speed, memory). A
+# stage output that git or dvc.lock tracks must not hold them, or a rerun of unchanged work
+# would look changed: write_metrics moves them to <dir>/timings/<name> (git-ignored, not a DVC
+# output; MLflow still receives every figure).
+VOLATILE = frozenset({
+    "seconds", "latency_s", "train_seconds", "samples_per_second", "tokens_per_second", "mfu", "peak_memory_gb",
+    "wall_seconds", "wall_seconds_with_load", "generate_seconds", "new_tokens_per_second", "items_per_second",
+    "tokens_per_second_running", "merge_seconds", "elapsed_s", "wall_s", "latency_per_item_s",
+    # what a run found in the answer caches, whether it resumed: the same work, another history
+    "speed", "resumed", "resumed_from_step"})
+
+
+def split_volatile(obj):
+    """(obj without VOLATILE keys at any depth, the VOLATILE figures in the same nesting)."""
+    if isinstance(obj, dict):
+        kept, gone = {}, {}
+        for k, v in obj.items():
+            if k in VOLATILE:
+                gone[k] = v
+                continue
+            kept[k], g = split_volatile(v)
+            if g not in (None, {}, []):
+                gone[k] = g
+        return kept, gone
+    if isinstance(obj, list):
+        pairs = [split_volatile(v) for v in obj]
+        gone = [g for _, g in pairs]
+        return [k for k, _ in pairs], (gone if any(g not in (None, {}) for g in gone) else None)
+    return obj, None
+
+
+def timings_path(path) -> Path:
+    return Path(path).parent / "timings" / Path(path).name
+
+
+def write_metrics(path, obj) -> None:
+    """write_json of the reproducible part of `obj`; its volatile figures go to timings_path(path)."""
+    kept, gone = split_volatile(obj)
+    write_json(path, kept)
+    write_json(timings_path(path), gone or {})
+
+
 def write_json(path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
 

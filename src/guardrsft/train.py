@@ -18,8 +18,9 @@ from pathlib import Path
 from .config import Params
 from .balance import VERSION as balance_version
 from .balance import balance
-from .io import atomic_dir, read_jsonl, write_json, write_text
+from .io import atomic_dir, read_jsonl, write_metrics, write_text
 from .models import cache_dir, check_device, load_model, load_tokenizer, resolve_base
+from .spec import describe
 from .prompts import JOINT, joint_target, messages, target, unit_messages
 
 
@@ -332,7 +333,7 @@ def _save_adapter(trainer, tok, p: Params, adapter_out: str, sharded: bool) -> N
     folder, which rank 0 then completes and moves into place."""
     from . import distributed as dist
 
-    meta = json.dumps({"base_model": p.model, "preset": p.preset}, indent=2)
+    meta = json.dumps(describe(p), indent=2) + "\n"  # the model describes itself (guardrsft.spec)
     if not sharded:
         if dist.is_main():
             with atomic_dir(adapter_out) as tmp:
@@ -460,10 +461,11 @@ def train(p: Params, traces_path: str, adapter_out: str, metrics_out: str, plot_
         "balance": balance_stats,
     }
     if main:
-        write_json(metrics_out, metrics)
-        write_text(plot_out, "step,loss,learning_rate,tokens_per_second\n" + "".join(
-            f"{h['step']},{h['loss']},{h.get('learning_rate', '')},{h.get('tokens_per_second_running', '')}\n"
-            for h in hist))
+        # speed and memory go to metrics/timings/ (io.write_metrics): the tracked files of two runs
+        # of the same training are the same bytes
+        write_metrics(metrics_out, metrics)
+        write_text(plot_out, "step,loss,learning_rate\n" + "".join(
+            f"{h['step']},{h['loss']},{h.get('learning_rate', '')}\n" for h in hist))
         # finished: the adapter is the output now; a later forced rerun trains afresh
         shutil.rmtree(ckpt, ignore_errors=True)
     dist.barrier()  # the other ranks exit only once rank 0's outputs are in place

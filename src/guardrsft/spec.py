@@ -1,0 +1,82 @@
+"""A model folder describes itself: guardrsft.json beside the weights (adapter, merged model)
+holds the prompt, the policies, the decoding budget and the verdict rule it was trained with.
+
+load_guard reads it, so a model classifies as it was trained wherever it is used (outside the
+repo, under other params): the model's own description wins. A difference from the current
+params is reported (classify, serve) or refused (evaluate: strict), never silently used.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+from .config import Params, PromptParams
+
+FORMAT = "guardrsft-model/1"
+FILE = "guardrsft.json"
+
+
+def describe(p: Params) -> dict:
+    """What a trained model needs to be used as trained (written into its folder)."""
+    return {
+        "format": FORMAT, "base_model": p.model, "preset": p.preset,
+        "prompt": dataclasses.asdict(p.prompt), "policies": dict(p.policies),
+        # greedy; an answer stops after its `Classification:` line (prompts.verdict_complete)
+        "decoding": {"greedy": True, "max_new_tokens": p.max_new_tokens},
+        "verdict": {"mode": p.prompt.mode, "final_line": "Classification: SAFE|UNSAFE",
+                    "policy_lines": "<policy>: SAFE|UNSAFE" if p.prompt.mode == "joint" else None},
+    }
+
+
+def write(folder: str | Path, p: Params) -> None:
+    (Path(folder) / FILE).write_text(json.dumps(describe(p), indent=2) + "\n")
+
+
+def read(folder: Optional[str | Path]) -> Optional[dict]:
+    """The folder's description, or None (no folder, no file, or an older file without a prompt)."""
+    if not folder or not Path(folder).is_dir() or not (Path(folder) / FILE).exists():
+        return None
+    try:
+        d = json.loads((Path(folder) / FILE).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{Path(folder) / FILE}: not valid JSON ({e}); re-export the model") from None
+    return d if isinstance(d, dict) and "prompt" in d and "policies" in d else None
+
+
+def differences(p: Params, spec: dict) -> list[str]:
+    """The keys where `spec` and params disagree (prompt.*, policies, max_new_tokens)."""
+    out = []
+    for k, v in spec["prompt"].items():
+        if getattr(p.prompt, k, None) != v:
+            out.append(f"prompt.{k}")
+    if dict(spec["policies"]) != dict(p.policies):
+        out.append("policies")
+    budget = (spec.get("decoding") or {}).get("max_new_tokens")
+    if budget is not None and budget != p.max_new_tokens:
+        out.append("evaluate.max_new_tokens")
+    return out
+
+
+def apply(p: Params, folder: Optional[str | Path], strict: bool = False, where: str = "") -> Params:
+    """Params with the prompt, policies and answer budget of the model in `folder` (if it
+    describes itself). strict: a difference is an error naming the keys and the fix."""
+    spec = read(folder)
+    if spec is None:
+        return p
+    diff = differences(p, spec)
+    if not diff:
+        return p
+    if strict:
+        raise ValueError(f"{Path(folder) / FILE}: the model was trained with other {', '.join(diff)} than "
+                         f"{p.source}{' (' + where + ')' if where else ''}. Evaluate it with the params it was "
+                         "trained with, or retrain (`dvc repro`)")
+    print(f"[guardrsft] {Path(folder) / FILE}: using the model's own {', '.join(diff)} "
+          f"(they differ from {p.source})", file=sys.stderr)
+    fields = {f.name for f in dataclasses.fields(PromptParams)}
+    prompt = PromptParams(**{k: v for k, v in spec["prompt"].items() if k in fields})
+    budget = (spec.get("decoding") or {}).get("max_new_tokens")
+    evaluate = dataclasses.replace(p.evaluate, max_new_tokens=budget) if budget else p.evaluate
+    return dataclasses.replace(p, prompt=prompt, policies=dict(spec["policies"]), evaluate=evaluate)

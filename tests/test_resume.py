@@ -1,4 +1,5 @@
-"""A killed train_rsft resumes from its last checkpoint, with the same data order."""
+"""A killed train_rsft resumes from its last checkpoint, with the same data order; two
+uninterrupted CPU runs write the same bytes (adapter and tracked metrics)."""
 import json
 import os
 import signal
@@ -7,8 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from guardrsft.io import write_jsonl
 from conftest import ROOT
+
+from guardrsft.io import timings_path, write_jsonl
 
 TINY = {"  max_steps: null ": "  max_steps: 4 ", "  batch_size: null    # null: preset": "  batch_size: 1",
         "  save_steps: 10": "  save_steps: 1", "  enabled: true": "  enabled: false"}
@@ -20,9 +22,12 @@ def setup(tmp_path):
         assert a in text
         text = text.replace(a, b)
     (tmp_path / "params.yaml").write_text(text)
-    rows = [{"id": f"s{i}", "policy": "violence", "content": f"sample text number {i}",
+    # every policy of every item: the joint prompt (params.yaml's default) trains one example per item
+    policies = ("hate_speech", "violence", "self_harm", "sexual_minors", "harassment", "illegal")
+    rows = [{"id": f"s{i}", "policy": q, "content": f"sample text number {i}",
              "reasoning": "Step 1 (intent): x.\nStep 2 (harms): y.\nStep 3 (policy criteria): z.",
-             "classification": "SAFE" if i % 2 else "UNSAFE", "origin": "template"} for i in range(8)]
+             "classification": "UNSAFE" if q == "violence" and i % 2 == 0 else "SAFE", "origin": "template"}
+            for i in range(8) for q in policies]
     write_jsonl(tmp_path / "train.jsonl", rows)
 
 
@@ -41,6 +46,12 @@ def test_kill_then_resume_matches_an_uninterrupted_run(tmp_path, embedded_model,
     env = dict(os.environ, GUARDRSFT_CACHE=str(cache_dir))
     ref = subprocess.run(cmd(tmp_path, "ref"), env=env, capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr[-3000:]
+    again = subprocess.run(cmd(tmp_path, "again"), env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for f in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "adapter/guardrsft.json",
+              "train.json", "loss.csv"):  # bit for bit: what git and dvc.lock track of two runs
+        assert (tmp_path / "ref" / f).read_bytes() == (tmp_path / "again" / f).read_bytes(), f
+    assert "train_seconds" in json.loads(timings_path(tmp_path / "ref/train.json").read_text())
     # the checkpoint dir is removed after success, so the same params train afresh here
     proc = subprocess.Popen(cmd(tmp_path, "run"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 900  # a hang guard: slow CI boxes too
@@ -58,6 +69,7 @@ def test_kill_then_resume_matches_an_uninterrupted_run(tmp_path, embedded_model,
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resuming from" in out.stderr
     m = json.loads((tmp_path / "run/train.json").read_text())
+    m.update(json.loads(timings_path(tmp_path / "run/train.json").read_text()))  # speed, resume: not tracked
     assert m["resumed"] is True and m["steps"] == 4
     start = m["resumed_from_step"]
     assert 2 <= start <= 4  # killed at checkpoint-2 or just after it

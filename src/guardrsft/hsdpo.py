@@ -390,7 +390,7 @@ def train_dpo(p: Params, pairs_path: str, adapter_in: str, adapter_out: str, met
     from peft import PeftModel
     from transformers import set_seed
 
-    from .train import fp32_adapter, last_checkpoint, peak_memory_gb
+    from .train import fp32_adapter, last_checkpoint, peak_memory_gb, stable_adapter_config
 
     set_seed(p.seed)
     path = resolve_base(base_name)
@@ -422,6 +422,7 @@ def train_dpo(p: Params, pairs_path: str, adapter_in: str, adapter_out: str, met
 
     with atomic_dir(adapter_out) as tmp:
         trainer.model.save_pretrained(tmp, selected_adapters=["default"])
+        stable_adapter_config(tmp)
         tok.save_pretrained(tmp)
         (tmp / "guardrsft.json").write_text(json.dumps({"base_model": base_name, "preset": p.preset}, indent=2))
         (tmp / "hsdpo.json").write_text(json.dumps({**note, "trained": True}, indent=2))

@@ -327,6 +327,16 @@ def last_checkpoint(ckpt: Path) -> str | None:
     return str(max(done, key=checkpoint_step)) if done else None
 
 
+def stable_adapter_config(folder: Path) -> None:
+    """PEFT writes target_modules from a set, in the order of this process's string hashes:
+    sorted, two runs of the same training write the same adapter_config.json."""
+    f = Path(folder) / "adapter_config.json"
+    cfg = json.loads(f.read_text())
+    if isinstance(cfg.get("target_modules"), list):
+        cfg["target_modules"] = sorted(cfg["target_modules"])
+    f.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
 def _save_adapter(trainer, tok, p: Params, adapter_out: str, sharded: bool) -> None:
     """The adapter folder, written by rank 0 only (atomically). FSDP / ZeRO-3 hold the weights in
     shards: every rank takes part in gathering them (trainer.save_model) into a fixed staging
@@ -338,6 +348,7 @@ def _save_adapter(trainer, tok, p: Params, adapter_out: str, sharded: bool) -> N
         if dist.is_main():
             with atomic_dir(adapter_out) as tmp:
                 trainer.model.save_pretrained(tmp)
+                stable_adapter_config(tmp)
                 tok.save_pretrained(tmp)
                 (tmp / "guardrsft.json").write_text(meta)
         return
@@ -355,6 +366,7 @@ def _save_adapter(trainer, tok, p: Params, adapter_out: str, sharded: bool) -> N
             for f in staging.iterdir():
                 if f.name != "training_args.bin":
                     shutil.move(str(f), tmp / f.name)
+            stable_adapter_config(tmp)
             tok.save_pretrained(tmp)
             (tmp / "guardrsft.json").write_text(meta)
         shutil.rmtree(staging, ignore_errors=True)

@@ -109,6 +109,7 @@ def score(p: Params, suite: dict, results: dict[str, list[dict]]) -> dict:
             # 95% bootstrap intervals over items: how far a number could move on another draw of
             # as many items (a small test split moves a lot); the delta's is paired, same items
             "ci95": bootstrap_ci(golds, r["finetuned"], pol, seed=p.seed),
+            "baseline_ci95": bootstrap_ci(golds, r["baseline"], pol, seed=p.seed),
             "delta_vs_measured_baseline": headline_delta(tuned, base),
             "delta_vs_measured_baseline_ci95": bootstrap_ci(golds, r["finetuned"], pol, other=r["baseline"],
                                                             seed=p.seed),

@@ -154,10 +154,17 @@ def evaluate(p: Params, test_path: str, adapter: str, metrics_out: str, predicti
             log_parent_artifacts(metrics_out)
             for f in sorted(Path(plots_dir).glob("*.png")):
                 log_parent_artifacts(f, "plots")
-    b = m["baseline"]
-    print(f"[evaluate] exact match {m['exact_match']:.3f} (zero-shot base {b['exact_match']:.3f}, "
-          f"notebook baseline {p.baseline.exact_match:.2f}); harmful F1 {m['harmful_f1']:.3f} "
-          f"(base {b['harmful_f1']:.3f}); parse failures {m['parse_failure_rate']:.1%}", file=sys.stderr)
+    b, ci, bci = m["baseline"], m.get("ci95") or {}, m.get("baseline_ci95") or {}
+
+    def fig(x, c):  # a figure with its 95% interval
+        return "n/a" if x is None else f"{x:.3f}" + (f" [{c['lo']:.3f}, {c['hi']:.3f}]" if c else "")
+
+    print(f"[evaluate] test split, {m.get('finetuned', {}).get('samples', '?')} items (adapter vs zero-shot base, 95% CI): exact match "
+          f"{fig(m['exact_match'], ci.get('exact_match'))} vs {fig(b['exact_match'], bci.get('exact_match'))}; "
+          f"binary accuracy {fig(m['binary_accuracy'], ci.get('binary_accuracy'))} vs "
+          f"{fig(b['binary_accuracy'], bci.get('binary_accuracy'))}; harmful F1 {fig(m['harmful_f1'], None)} vs "
+          f"{fig(b['harmful_f1'], None)}; parse failures {m['parse_failure_rate']:.1%} vs "
+          f"{b['parse_failure_rate']:.1%}", file=sys.stderr)
     print(f"[evaluate] {verdict(m, p.baseline.exact_match)}", file=sys.stderr)
     return m
 

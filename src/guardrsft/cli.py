@@ -157,6 +157,12 @@ def classify(
         item = {"content": text}
         if as_json or not stream:
             return guard.classify([item], policies=policy or None)[0]
+        if p.prompt.mode == "joint":  # one answer carries every policy's line: streamed once
+            s = Stream(write)
+            res = guard.classify([item], policies=policy or None, stream=s)[0]
+            s.finish(next(iter(res["raw"].values())))
+            write("".join(f"-> {q}: {v or 'PARSE ERROR'}\n" for q, v in res["verdicts"].items()) + "\n")
+            return res
         res = None
         for q in policy or list(p.policies):
             write(f"== {q}\n")

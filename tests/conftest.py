@@ -84,6 +84,48 @@ def params_text():
     return (ROOT / "params.yaml").read_text()
 
 
+# GuardReasoner's one prompt per (content, policy): params.yaml's prompt before the joint default.
+# Tests of per-policy behaviour pin it (per_policy_text / the pp_params fixture).
+PER_POLICY_PROMPT = """prompt:
+  version: 1
+  mode: per_policy
+  system: >-
+    You are a content safety classifier. You check one piece of content against one policy,
+    reason step by step, and end with exactly one line `Classification: SAFE` or
+    `Classification: UNSAFE`.
+  template: |-
+    Policy "{policy}": {definition}
+
+    Content: {content}
+
+    Does the content violate this policy? Answer in this format:
+    Reasoning:
+    Step 1 (intent): ...
+    Step 2 (harms): ...
+    Step 3 (policy criteria): ...
+    Classification: SAFE or UNSAFE
+"""
+
+
+def per_policy_text(text: str) -> str:
+    """params.yaml text with its prompt section replaced by PER_POLICY_PROMPT."""
+    start = text.index("\nprompt:\n") + 1
+    end = text.index("\nprepare:\n", start) + 1
+    return text[:start] + PER_POLICY_PROMPT + "\n" + text[end:]
+
+
+@pytest.fixture
+def pp_params(tmp_path, params_text):
+    """params.yaml's params with the per_policy prompt."""
+    from guardrsft.config import load_params
+
+    d = tmp_path / "per_policy"
+    d.mkdir()
+    p = load_params(write_params(d, per_policy_text(params_text)))
+    assert p.prompt.mode == "per_policy" and "{definition}" in p.prompt.template
+    return p
+
+
 def copy_repo(dst: Path) -> Path:
     """A copy of the tracked files (what a fresh clone has)."""
     import subprocess

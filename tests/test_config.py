@@ -6,13 +6,15 @@ from conftest import write_params
 
 def test_default_params_resolve_cpu_preset(params):
     assert params.preset == "cpu"
-    assert params.lr == 5e-5 and params.seed == 3407
+    assert params.lr == 2e-3 and params.seed == 3407
     assert params.model == "embedded:smollm2-135m-instruct"
     assert params.batch_size == PRESETS["cpu"]["batch_size"]
     assert params.max_steps == PRESETS["cpu"]["max_steps"]
     assert set(params.policies) == {"hate_speech", "violence", "self_harm", "sexual_minors", "harassment", "illegal"}
     t = params.train
-    assert (t.epochs, t.lora_r, t.lora_alpha, t.lora_dropout, t.weight_decay, t.lr_scheduler) == (3, 16, 16, 0.0, 0.01, "cosine")
+    assert (t.epochs, t.lora_r, t.lora_alpha, t.lora_dropout, t.weight_decay, t.lr_scheduler) == (1, 16, 16, 0.0, 0.01, "linear")
+    assert params.prompt.mode == "joint" and params.lora_layers == 12 and params.hsdpo_enabled is False
+    assert (params.max_steps, params.eval_max_samples, params.max_new_tokens, params.eval_batch_size) == (-1, None, 120, 40)
     assert t.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     assert params.baseline.exact_match == 0.57
 
@@ -37,7 +39,7 @@ def test_explicit_value_beats_preset(tmp_path, params_text):
 
 def test_dvc_written_float_string_is_coerced(tmp_path, params_text):
     # DVC writes `lr: 1e-05`; PyYAML reads that as the string '1e-05'
-    p = load_params(write_params(tmp_path, params_text.replace("lr: 5.0e-5", "lr: 1e-05")))
+    p = load_params(write_params(tmp_path, params_text.replace("lr: 2.0e-3", "lr: 1e-05")))
     assert p.lr == pytest.approx(1e-5) and isinstance(p.lr, float)
 
 
@@ -60,10 +62,10 @@ def test_unknown_nested_key_is_named(tmp_path, params_text):
 
 @pytest.mark.parametrize("old,new,pattern", [
     ("preset: cpu", "preset: tpu", "preset"),
-    ("lr: 5.0e-5", "lr: fast", "lr"),
-    ("lr: 5.0e-5", "lr: 2", "lr"),
+    ("lr: 2.0e-3", "lr: fast", "lr"),
+    ("lr: 2.0e-3", "lr: 2", "lr"),
     ("  lora_dropout: 0.0", "  lora_dropout: 1.5", "lora_dropout"),
-    ("  epochs: 3", "  epochs: three", "train.epochs"),
+    ("  epochs: 1", "  epochs: three", "train.epochs"),
     ("  test_fraction: 0.1", "  test_fraction: 0", "test_fraction"),
     ("  teacher: template ", "  teacher: gpt5 ", "traces.teacher"),
     ("  adapter: auto ", "  adapter: dpo ", "export.adapter.*auto, rsft or hsdpo"),
@@ -76,8 +78,8 @@ def test_unknown_nested_key_is_named(tmp_path, params_text):
 ])
 def test_bad_values_fail_with_the_key(tmp_path, params_text, old, new, pattern):
     assert old in params_text
-    with pytest.raises(ParamsError, match=pattern):
-        load_params(write_params(tmp_path, params_text.replace(old, new)))
+    with pytest.raises(ParamsError, match=pattern):  # the first occurrence: train's `epochs`, not hsdpo's
+        load_params(write_params(tmp_path, params_text.replace(old, new, 1)))
 
 
 def test_unknown_policy_in_params(tmp_path, params_text):

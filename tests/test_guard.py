@@ -97,7 +97,8 @@ def test_batched_prompt_tokenization_equals_the_per_prompt_path(tiny_model, para
     assert g2._prompt_ids_many(pairs) == [g2._prompt_ids(t, q) for t, q in pairs] != g._prompt_ids_many(pairs)
 
 
-def test_on_batch_gets_every_item_once_and_stats(tiny_model, params, tmp_path):
+def test_on_batch_gets_every_item_once_and_stats(tiny_model, pp_params, tmp_path):
+    params = pp_params  # counts one answer per (item, policy)
     g = guard_for(tiny_model, params, cache=tmp_path / "c.jsonl")
     seen = []
     res = g.classify(ITEMS, policies=POL, on_batch=lambda rs: seen.extend(rs))
@@ -118,7 +119,8 @@ def test_on_batch_gets_every_item_once_and_stats(tiny_model, params, tmp_path):
     assert again == res and len(seen2) == len(ITEMS)
 
 
-def test_repeated_texts_are_generated_once(tiny_model, params):
+def test_repeated_texts_are_generated_once(tiny_model, pp_params):
+    params = pp_params  # counts one answer per (item, policy)
     g = guard_for(tiny_model, params)
     items = [ITEMS[0], ITEMS[1], dict(ITEMS[0]), {"content": ITEMS[1]["content"]}]
     seen = []
@@ -128,7 +130,8 @@ def test_repeated_texts_are_generated_once(tiny_model, params):
     assert res[0] == res[2] and sorted(r["index"] for r in seen) == [0, 1, 2, 3]
 
 
-def test_exception_mid_run_then_resume_equals_uninterrupted(tiny_model, params, tmp_path):
+def test_exception_mid_run_then_resume_equals_uninterrupted(tiny_model, pp_params, tmp_path):
+    params = pp_params  # counts one answer per (item, policy)
     ref = guard_for(tiny_model, params, cache=tmp_path / "ref.jsonl").classify(ITEMS, policies=POL)
     cache = tmp_path / "run.jsonl"
     calls = []
@@ -162,11 +165,12 @@ KILLER = textwrap.dedent("""
 """)
 
 
-def test_killed_run_resumes_without_regenerating(tiny_model, params, tmp_path):
+def test_killed_run_resumes_without_regenerating(tiny_model, pp_params, tmp_path):
     from conftest import ROOT
 
+    params = pp_params  # counts one answer per (item, policy)
     cache = tmp_path / "cache.jsonl"
-    script = KILLER.format(items=ITEMS, model=tiny_model, params=str(ROOT / "params.yaml"), n=TINY_NEW_TOKENS,
+    script = KILLER.format(items=ITEMS, model=tiny_model, params=params.source, n=TINY_NEW_TOKENS,
                            cache=str(cache), pol=POL)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900,
                          env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))

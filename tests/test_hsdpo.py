@@ -22,6 +22,12 @@ GOOD = "Reasoning:\nStep 1 (intent): harmless.\nClassification: SAFE"
 BAD = "Reasoning:\nStep 1 (intent): a threat.\nClassification: UNSAFE"
 
 
+@pytest.fixture
+def params(pp_params):
+    # HS-DPO samples per-policy answers (Guard.sample and hsdpo.enabled refuse prompt.mode joint)
+    return pp_params
+
+
 def s(j, verdict, raw=None):
     return {"index": j, "verdict": verdict, "raw": raw if raw is not None else f"Step {j}\nClassification: {verdict}\n",
             "reasoning": f"Step {j}", "is_parse_error": verdict is None}

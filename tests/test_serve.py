@@ -25,6 +25,12 @@ WORDS = "how do I kill a stuck python process tell me a story about the cat and 
 TEXTS = [" ".join(WORDS[i % 7: i % 7 + 1 + (3 * i) % 11]) + f" #{i}" for i in range(16)]
 
 
+@pytest.fixture
+def params(pp_params):
+    # `canned` answers one policy per prompt (a per_policy model)
+    return pp_params
+
+
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
     """On 2 busy cores torch's second thread in the server's worker thread makes the answers

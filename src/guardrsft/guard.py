@@ -87,15 +87,18 @@ def check_items(items: list[dict]) -> None:
 
 
 def build_result(item: dict, raw: dict[str, str], seconds: float = 0.0, new_tokens: int = 0,
-                 joint: bool = False) -> dict:
+                 joint: bool = False, listed: Optional[list[str]] = None) -> dict:
     """One item's result from its per-policy completions (the model's new text only); joint: each
-    policy's entry of `raw` is the one joint answer, read at that policy's verdict line."""
+    policy's entry of `raw` is the one joint answer, read at that policy's verdict line. `listed`:
+    every policy the joint answer has a line for (default: raw's), cut from the reasoning even
+    when only some were asked for."""
     verdicts = {q: parse_verdict(t, q if joint else None) for q, t in raw.items()}
+    cut = (listed or list(raw)) if joint else ()
     errors = [q for q, v in verdicts.items() if v is None]
     flagged = [q for q, v in verdicts.items() if v == "UNSAFE"]
     return {
         "content": item["content"], "response": item.get("response"),
-        "verdicts": verdicts, "reasoning": {q: reasoning_of(t, list(raw) if joint else ()) for q, t in raw.items()},
+        "verdicts": verdicts, "reasoning": {q: reasoning_of(t, cut) for q, t in raw.items()},
         "raw": dict(raw),
         "flagged": flagged, "parse_errors": errors, "is_parse_error": bool(errors),
         # any UNSAFE decides; otherwise one unparsed policy leaves the aggregate unknown
@@ -350,7 +353,8 @@ class Guard:
         joint = self.p.prompt.mode == "joint"
         raw = {q: rows[0]["raw"] for q in policies} if joint else {q: r["raw"] for q, r in zip(policies, rows)}
         return build_result(item, raw, seconds=sum(r.get("seconds", 0.0) for r in rows),
-                            new_tokens=sum(r.get("new_tokens", 0) for r in rows), joint=joint)
+                            new_tokens=sum(r.get("new_tokens", 0) for r in rows), joint=joint,
+                            listed=list(self.p.policies))
 
     # ------------------------------------------------------------------ API
     def classify(self, items: list[dict], policies: Optional[list[str]] = None,

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .config import Params
 from .gguf_export import ExportError, load_gguf
-from .prompts import parse_verdict, unit_messages, units, verdict_complete
+from .prompts import JOINT, parse_verdict, unit_messages, units, verdict_complete
 
 LOSSLESS = ("F32", "F16")
 
@@ -73,8 +73,10 @@ def _answers(p: Params, model, tok, pairs, max_new_tokens: int) -> list[str]:
     guard = Guard(model, tok, p, fingerprint="roundtrip", max_new_tokens=max_new_tokens,
                   batch_size=p.eval_batch_size)
     contents, policies = list(dict.fromkeys(c for c, _ in pairs)), list(dict.fromkeys(q for _, q in pairs))
-    results = guard.classify([{"content": c} for c in contents], policies=policies)
-    out = {(c, q): r["raw"][q] for c, r in zip(contents, results) for q in policies}
+    joint = policies == [JOINT]  # the unit is no policy: classify asks every policy, in one answer
+    results = guard.classify([{"content": c} for c in contents], policies=None if joint else policies)
+    out = {(c, q): next(iter(r["raw"].values())) if joint else r["raw"][q]
+           for c, r in zip(contents, results) for q in policies}
     return [out[pr] for pr in pairs]
 
 

@@ -73,9 +73,11 @@ def test_kill_then_resume_matches_an_uninterrupted_run(tmp_path, embedded_model,
     assert m["resumed"] is True and m["steps"] == 4
     start = m["resumed_from_step"]
     assert 2 <= start <= 4  # killed at checkpoint-2 or just after it
-    # samples/s over the steps this process ran, not the 4 of the whole run (train_seconds: rounded to 0.1 s)
+    # samples/s over the steps this process ran, not the 4 of the whole run (train_seconds is rounded
+    # to 0.1 s and samples/s to 0.001: the product can be off by both roundings, no more)
     done = (4 - start) * m["global_batch"]
-    assert abs(m["samples_per_second"] * m["train_seconds"] - done) <= 0.06 * m["samples_per_second"] + 1e-6
+    assert abs(m["samples_per_second"] * m["train_seconds"] - done) <= 0.05 * m["samples_per_second"] \
+        + 0.0005 * m["train_seconds"] + 1e-6
     a, b = losses(tmp_path / "ref/loss.csv"), losses(tmp_path / "run/loss.csv")
     assert set(b) >= {3, 4}
     for step in (3, 4):  # same data order and state after the resume

@@ -190,11 +190,14 @@ def model_card(p: Params, eval_metrics: Optional[dict], report: Optional[dict] =
                      f"beta {h.beta}, lr {h.lr}, {h.weighting} weights{' (class-balanced)' if h.balance else ''}; "
                      "the evaluation below is the HS-DPO model's")
     if train_metrics:
+        b = train_metrics.get("balance") or {}
+        joint = b.get("mode") == "joint"
         lines.append(f"- {train_metrics.get('steps')} steps ({train_metrics.get('epochs')} epochs) over "
-                     f"{train_metrics.get('examples')} (sample, policy) examples; final loss "
-                     f"{train_metrics.get('final_loss')}")
-        b = train_metrics.get("balance")
-        if b:  # the examples above are after guardrsft.balance: say how they were drawn
+                     f"{train_metrics.get('examples')} {'items (joint prompt: every policy in one answer)' if joint else '(sample, policy) examples'}; "
+                     f"final loss {train_metrics.get('final_loss')}")
+        if joint and b.get("incomplete_items"):
+            lines.append(f"- {b['incomplete_items']} items left out: a policy's trace was rejected")
+        if b and not joint:  # the examples above are after guardrsft.balance: say how they were drawn
             lines.append(f"- class balance: at most {b['safe_per_item']} SAFE pairs per sample (-1: all), UNSAFE "
                          f"repeated to {b['unsafe_share']} of the examples"
                          f"{' of each policy' if b.get('per_policy') else ''}: {b['rows_in']} trace rows -> "

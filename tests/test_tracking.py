@@ -205,7 +205,7 @@ with stage_run(p, "generate_traces") as ml:
 
 def test_no_credential_reaches_mlflow_or_params_resolved(tmp_path, store):
     """A canary password and token in traces.openai.base_url(s) (and in the git remote) appear in
-    no param, tag or metric name of the parent and stage runs, nor in metrics/params_resolved.json."""
+    no param, tag or metric name of the parent and stage runs, nor in metrics/params/*.json."""
     import json
 
     uri, cmd = setup(tmp_path, store, "canary")
@@ -227,12 +227,14 @@ def test_no_credential_reaches_mlflow_or_params_resolved(tmp_path, store):
         assert r.data.params["traces.openai.base_url"] == "http://***@127.0.0.1/v1?api_key=***"
         assert "traces.teacher.servers.http:/10.0.0.3:8000/v1.requests" in r.data.metrics
         assert len([k for k in r.data.metrics if k.startswith("traces.teacher.servers.")]) == 2
-    out = tmp_path / "params_resolved.json"
+    out = tmp_path / "params"  # check_params: the resolved params per stage, kept by git
     check = subprocess.run([sys.executable, str(ROOT / "stages/check_params.py"), str(tmp_path / "params.yaml"),
                             str(out)], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
-    resolved = json.loads(out.read_text())
-    assert "CANARY" not in out.read_text() and resolved["traces.openai.base_urls"][1] == urls[1]
+    files = sorted(out.glob("*.json"))
+    assert len(files) > 2 and not [f for f in files if "CANARY" in f.read_text()]
+    resolved = json.loads((out / "all.json").read_text())
+    assert resolved["traces.openai.base_urls"][1] == urls[1]
     assert resolved["traces.openai.base_url"] == "http://***@127.0.0.1/v1?api_key=***"
 
 

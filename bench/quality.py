@@ -89,8 +89,21 @@ def fail(msg: str) -> None:
     sys.exit(2)
 
 
+# The archived GPU runs (docs/BENCHMARKS-ARCHIVE.md, docs/QUALITY.md) used GuardReasoner's per-policy
+# prompt and a cosine schedule, params.yaml's defaults until 2026-12-03; HS-DPO needs per-policy answers
+PER_POLICY = {
+    "prompt.version": 1, "prompt.mode": "per_policy", "train.lr_scheduler": "cosine",
+    "prompt.system": "You are a content safety classifier. You check one piece of content against one policy, "
+                     "reason step by step, and end with exactly one line `Classification: SAFE` or "
+                     "`Classification: UNSAFE`.",
+    "prompt.template": 'Policy "{policy}": {definition}\n\nContent: {content}\n\nDoes the content violate this '
+                       "policy? Answer in this format:\nReasoning:\nStep 1 (intent): ...\nStep 2 (harms): ...\n"
+                       "Step 3 (policy criteria): ...\nClassification: SAFE or UNSAFE",
+}
+
+
 def overrides(a) -> dict:
-    ov = {"preset": "a100", "lr": a.lr, "seed": a.seed, "traces.teacher": "template", "mlflow.enabled": False,
+    ov = {**PER_POLICY, "preset": "a100", "lr": a.lr, "seed": a.seed, "traces.teacher": "template", "mlflow.enabled": False,
           "prepare.val_fraction": 0.0, "prepare.test_fraction": a.test_fraction,
           "train.epochs": a.epochs, "train.max_steps": a.max_steps, "train.batch_size": a.batch_size,
           "train.grad_accum": 1, "train.max_length": a.max_length, "train.logging_steps": 10,

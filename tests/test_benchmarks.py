@@ -8,12 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from guardrsft.io import split_volatile, timings_path
+
 from guardrsft.benchmarks import (load_benchmark, load_selected, parse_guardreasoner_answer,
                                   score_guardreasoner_predictions, subsample)
 from guardrsft.config import BenchmarkParams, ParamsError, load_params
 from guardrsft.data import DataError
 from guardrsft.guard import build_result
 from guardrsft.metrics import bootstrap_ci, compute
+from guardrsft.prompts import units
 from conftest import write_params
 
 FIX = Path(__file__).parent / "fixtures" / "benchmarks"
@@ -294,7 +297,10 @@ def test_evaluate_reports_every_benchmark_and_resumes(params, tmp_path, monkeypa
     (out / "pred" / "notes").mkdir(parents=True)
     (out / "pred" / "notes" / "other.txt").write_text("not evaluate's: stays out of MLflow")
     m = pipeline.evaluate(p, *args)
-    assert json.loads((out / "eval.json").read_text()) == m
+    # the file holds every figure but the run-to-run ones (speed, latency: metrics/timings/)
+    kept, gone = split_volatile(m)
+    assert json.loads((out / "eval.json").read_text()) == kept
+    assert json.loads(timings_path(out / "eval.json").read_text()) == gone and "speed" in gone
     assert m["finetuned"]["samples"] == 3 and m["delta_vs_notebook_baseline"] == pytest.approx(
         m["exact_match"] - 0.57, abs=1e-4)
     pol = list(params.policies)
@@ -303,9 +309,10 @@ def test_evaluate_reports_every_benchmark_and_resumes(params, tmp_path, monkeypa
         assert (b["task"], b["items"], b["finetuned"]["samples"], b["baseline"]["samples"]) == (task, n, n, n)
         preds = [json.loads(x) for x in (out / "pred" / "benchmarks" / f"{name}.jsonl").read_text().splitlines()]
         assert len(preds) == n
-        # the predictions file alone reproduces the reported numbers (error analysis starts there)
+        # the predictions file alone reproduces the reported numbers (error analysis starts there),
+        # all but the latency figures: a DVC output holds no run-to-run numbers
         for model in ("finetuned", "baseline"):
-            assert compute([r["gold"] for r in preds], [r[model] for r in preds], pol) == b[model]
+            assert compute([r["gold"] for r in preds], [r[model] for r in preds], pol) == split_volatile(b[model])[0]
         assert b["delta_vs_measured_baseline"]["harmful_f1"] == pytest.approx(
             b["finetuned"]["harmful_f1"] - b["baseline"]["harmful_f1"], abs=1e-4)
         # bootstrap intervals: reproducible from the predictions file, around the point figure,
@@ -328,7 +335,8 @@ def test_evaluate_reports_every_benchmark_and_resumes(params, tmp_path, monkeypa
     assert m["benchmarks"]["gr"]["exact_match"] is None
     # the response set's items were judged with their responses; the test split has none
     gr = [json.loads(x) for x in (out / "pred" / "benchmarks" / "gr.jsonl").read_text().splitlines()]
-    assert gr[0]["response"].startswith("Guess their") and m["speed"]["finetuned"]["pairs"] == 6 * (3 + 2 + 5)
+    assert gr[0]["response"].startswith("Guess their") and m["speed"]["finetuned"]["pairs"] == \
+        len(units(params.prompt, params.policies)) * (3 + 2 + 5)  # answers: one per item and unit
 
     # MLflow: the stage's run holds every benchmark number
     client = mlflow.tracking.MlflowClient()
@@ -338,7 +346,8 @@ def test_evaluate_reports_every_benchmark_and_resumes(params, tmp_path, monkeypa
     assert logged["eval.benchmarks.om.harmful_f1"] == m["benchmarks"]["om"]["harmful_f1"]
     assert logged["eval.benchmarks.om.baseline.per_policy.self_harm.items"] == 4  # rows 1, 2, 4, 5
     arts = [a.path for a in client.list_artifacts(runs[0].info.run_id, "predictions/benchmarks")]
-    assert sorted(arts) == ["predictions/benchmarks/gr.jsonl", "predictions/benchmarks/om.jsonl"]
+    assert sorted(arts) == ["predictions/benchmarks/gr.jsonl", "predictions/benchmarks/index.json",
+                            "predictions/benchmarks/om.jsonl"]
     top = [a.path for a in client.list_artifacts(runs[0].info.run_id, "predictions")]
     assert sorted(top) == ["predictions/benchmarks", "predictions/test.jsonl"]  # not the folder's other files
 

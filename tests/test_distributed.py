@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, per_policy_text
 from fixtures.tiny_model import build_tiny_model
 from guardrsft import distributed
 from guardrsft.config import ParamsError
@@ -142,7 +142,7 @@ def make_run_dir(d: Path, distributed_name: str, mlflow: bool) -> Path:
         text = text.replace(a, b)
     if not mlflow:
         text = text.replace("  enabled: true\n  log_adapter", "  enabled: false\n  log_adapter")
-    (d / "params.yaml").write_text(text)
+    (d / "params.yaml").write_text(per_policy_text(text))  # the rows below are one policy's
     rows = [{"id": f"s{i}", "policy": "violence", "content": f"policy content number {i}" + " word" * (i % 5),
              "reasoning": "Step 1 (intent): x.\nStep 2 (harms): y.\nStep 3 (policy criteria): z.",
              "classification": "SAFE" if i % 2 else "UNSAFE", "origin": "template"} for i in range(8)]

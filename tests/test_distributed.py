@@ -17,7 +17,7 @@ from conftest import ROOT, per_policy_text
 from fixtures.tiny_model import build_tiny_model
 from guardrsft import distributed
 from guardrsft.config import ParamsError
-from guardrsft.io import write_jsonl
+from guardrsft.io import timings_path, write_jsonl
 
 
 def with_train(params, **kw):
@@ -209,6 +209,7 @@ def test_two_cpu_processes_ddp_rank0_writes_and_resume(tmp_path, params, monkeyp
     assert rc == 0, out[-4000:]
     assert "checkpoint-2" in out and "resuming from" in out  # not the partial checkpoint-4
     m = json.loads((run / "out/train.json").read_text())
+    m.update(json.loads(timings_path(run / "out/train.json").read_text()))  # speed and resume: not tracked
     assert m["processes"] == 2 and m["distributed"] == "ddp" and m["resumed"] and m["steps"] == 6
     assert m["global_batch"] == 2 and m["grad_accum_per_process"] == 1
     assert (run / "out/adapter/adapter_model.safetensors").exists()

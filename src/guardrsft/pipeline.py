@@ -9,7 +9,7 @@ from pathlib import Path
 from . import plots
 from .config import Params, ParamsError
 from .data import counts, load_notebook_file, split
-from .io import read_jsonl, write_json, write_jsonl
+from .io import read_jsonl, write_json, write_jsonl, write_metrics
 from .tracking import log_flat_metrics, log_history, log_parent_artifacts, log_summary, stage_run
 
 
@@ -251,7 +251,7 @@ def evaluate_hsdpo(p: Params, test_path: str, adapter: str, rsft_metrics: str, r
         m = {"enabled": True, **m, "rsft": {k: rsft.get(k) for k in HEADLINE}, "delta_vs_rsft": delta,
              "delta_vs_rsft_ci95": hsdpo.rsft_delta_ci(p, rsft_predictions, str(Path(predictions_dir) / "test.jsonl"),
                                                        delta)}
-        write_json(metrics_out, m)
+        write_metrics(metrics_out, m)  # speed and latency to metrics/timings/, as evaluate's
         if headline_out:
             write_json(headline_out, {"hsdpo_vs_rsft": delta["test"]["exact_match"]})
         plots.render_eval(plots_dir)

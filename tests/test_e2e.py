@@ -113,7 +113,7 @@ def test_repro_writes_metrics_adapter_and_model(tiny_repo):
     assert runs["prepare"].data.metrics["data.input_samples"] == data["input_samples"]
     assert runs["evaluate"].data.metrics["eval.exact_match"] == ev["exact_match"]
     assert "eval.delta_vs_baseline" in runs["evaluate"].data.metrics
-    assert runs["train_rsft"].data.params["lr"] == "5e-05"
+    assert runs["train_rsft"].data.params["lr"] == "0.002"
 
 
 @pytest.mark.e2e

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from guardrsft.config import load_params
 from typer.testing import CliRunner
 
 from conftest import ROOT
@@ -112,7 +114,9 @@ def test_tiny_export_writes_everything_and_round_trips(tiny, tiny_export):
     assert (merged[q].float() - base[q]).abs().max() > 1e-3  # the adapter was merged in
     rep = json.loads((out / "export.json").read_text())
     rt = rep["gguf"]["roundtrip"]
-    assert rt["passed"] and rt["prompts"] == 4  # check_prompts 3 -> 2 texts x 2 policies
+    # check_prompts 3 -> per_policy: 2 texts x 2 policies; joint (params.yaml's default): 3 texts x 1 prompt
+    joint = load_params(ROOT / "params.yaml").prompt.mode == "joint"
+    assert rt["passed"] and rt["prompts"] == (3 if joint else 4)
     f16, q8 = rt["types"]["F16"], rt["types"]["Q8_0"]
     # F16 from a float16 merge is lossless: same logits, same greedy texts
     assert f16["max_logit_diff"] <= p.export.check_max_logit_diff and f16["argmax_agreement"] == 1.0
@@ -293,9 +297,10 @@ def test_classify_streams_from_a_gguf(tiny_export, monkeypatch):
 
     r = runner.invoke(app, ["classify", "Is this fine?", "-p", "violence", "-p", "illegal",
                             "--model", str(out / "gguf/guardrsft-F16.gguf"), "--params", str(ROOT / "params.yaml")])
-    # a random model gives no verdict: exit 1, but both policies were streamed and reported
+    # a random model gives no verdict: exit 1, but the one joint answer (params.yaml's prompt.mode)
+    # was streamed under both policies' names and each policy reported
     assert r.exit_code == 1, r.output
-    assert "== violence\n" in r.output and "== illegal\n" in r.output
+    assert "== violence, illegal\n" in r.output and "-> illegal: PARSE ERROR" in r.output
     assert "-> violence: PARSE ERROR" in r.output and r.output.rstrip().endswith("verdict: PARSE ERROR")
     r = runner.invoke(app, ["classify", "x", "--model", str(out / "nope.gguf"), "--params", str(ROOT / "params.yaml")])
     assert r.exit_code == 2 and "nope.gguf: GGUF file not found" in r.output

@@ -42,6 +42,13 @@ def _compare(guard, max_new: int, rows: int, width_step: int = 32, sync_every: i
     return plain
 
 
+@pytest.fixture
+def params(pp_params):
+    # the engine is compared with generate prompt by prompt: one per (item, policy) with the per-policy
+    # prompt (joint mode runs the same engine with one prompt per item)
+    return pp_params
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "m")

@@ -134,7 +134,7 @@ def test_experiments_from_b_show_up_in_a(team):
     rows = exp_rows(json.loads(run(["dvc", "exp", "show", "--json"], team.a, team.env).stdout))
     by_name = {r["name"]: r for r in rows}
     base = next(r for r in rows if r["rev"] == team.head)
-    assert base["lr"] == 5e-5 and base["eval"]["delta_vs_notebook"] == pytest.approx(base["eval"]["exact_match"] - 0.57,
+    assert base["lr"] == 2e-3 and base["eval"]["delta_vs_notebook"] == pytest.approx(base["eval"]["exact_match"] - 0.57,
                                                                            abs=1e-4)
     for lr, name in team.names.items():
         assert by_name[name]["lr"] == lr
@@ -208,7 +208,7 @@ def test_mlflow_server_has_one_parent_per_pipeline_run(team, servers, tmp_path):
     assert tags["dvc.data_md5"] == next(o["md5"] for o in lock["prepare"]["deps"]
                                         if o["path"] == "data/raw/training_data.json")
     # params: flattened, resolved values included
-    assert parent.data.params["lr"] == "5e-05" and parent.data.params["resolved.max_steps"] == "2"
+    assert parent.data.params["lr"] == "0.002" and parent.data.params["resolved.max_steps"] == "2"
     assert parent.data.params["policies.violence"].startswith("Threatens")
     # metrics: vs the notebook's 57% and vs the zero-shot base measured in the same run
     ev = json.loads((team.a / "metrics/eval_detail.json").read_text())

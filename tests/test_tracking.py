@@ -75,12 +75,12 @@ def test_run_status_finished_failed_killed(tmp_path, store):
         parent = parents[child.data.tags["mlflow.parentRunId"]]
         assert parent.info.status == child.info.status, stage
         assert parent.info.run_name == "exp-abc" and parent.data.tags["dvc_exp_name"] == "exp-abc"
-        assert parent.data.params["lr"] == "5e-05" and parent.data.metrics["eval.exact_match"] == 0.25
+        assert parent.data.params["lr"] == "0.002" and parent.data.metrics["eval.exact_match"] == 0.25
         assert [(m.step, m.value) for m in client.get_metric_history(parent.info.run_id, "loss")] == [(1, 2.0), (2, 1.5)]
         assert [a.path for a in client.list_artifacts(parent.info.run_id, "cfg")] == ["cfg/params.yaml"]
     ok = children["ok"]
     assert ok.info.run_name == "exp-abc/ok" and ok.data.tags["dvc_exp_name"] == "exp-abc"
-    assert ok.data.params["lr"] == "5e-05" and ok.data.metrics["x"] == 1.0 and "eval.exact_match" not in ok.data.metrics
+    assert ok.data.params["lr"] == "0.002" and ok.data.metrics["x"] == 1.0 and "eval.exact_match" not in ok.data.metrics
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
     assert ok.data.tags["git_commit"] == parents[ok.data.tags["mlflow.parentRunId"]].data.tags["git_commit"] == head
 
@@ -137,7 +137,7 @@ def test_flat_params_within_mlflow_limits(params):
     from guardrsft.tracking import flat_params
 
     flat = flat_params(params)
-    assert flat["lr"] == "5e-05" and flat["train.lora_r"] == "16" and flat["mlflow.tracking_uri"] == "null"
+    assert flat["lr"] == "0.002" and flat["train.lora_r"] == "16" and flat["mlflow.tracking_uri"] == "null"
     assert flat["policies.violence"].startswith("Threatens")
     assert all(len(k) <= 250 and len(v) <= 6000 for k, v in flat.items())
     params.prompt.system = "x" * 7000

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, per_policy_text
 from fixtures.tiny_model import build_tiny_model
 from guardrsft.guard import Guard, build_result, load_guard
 from guardrsft.serve import BackgroundServer, Limits, create_app, moderation
@@ -204,7 +204,7 @@ def test_sigterm_lets_the_request_in_flight_finish_and_refuses_new_ones(tiny_mod
     from guardrsft.cli import app
 
     text = (ROOT / "params.yaml").read_text().replace("  max_new_tokens: null\n", f"  max_new_tokens: {NEW_TOKENS}\n", 1)
-    (tmp_path / "params.yaml").write_text(text)
+    (tmp_path / "params.yaml").write_text(per_policy_text(text))  # like the module's params: one answer per policy
     port, url, seen = free_port(), None, {}
     url = f"http://127.0.0.1:{port}"
     monkeypatch.setenv("GUARDRSFT_API_KEY", "k")

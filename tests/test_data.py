@@ -54,6 +54,16 @@ def test_demo_loads_and_normalizes(tmp_path):
     (lambda d: d["samples"].append({"content": d["samples"][1]["content"].upper(), "labels": ["violence"]}),
      r"same content but different labels"),
     (lambda d: d.update(extra=1), r"top level: unknown key 'extra'"),
+    # the case: "label" instead of "labels" loaded as benign for all six policies
+    (lambda d: d["samples"][2].update(label=d["samples"][2].pop("labels")),
+     r"samples\[2\]: unknown key 'label'; did you mean 'labels'\?"),
+    (lambda d: d["samples"][0].update(sorce="x"), r"samples\[0\]: unknown key 'sorce'; did you mean 'source'\?"),
+    (lambda d: d["reasoning_traces"]["sample_1_violence"].update(
+        clasification=d["reasoning_traces"]["sample_1_violence"].pop("classification")),
+     r"reasoning_traces\['sample_1_violence'\]: unknown key 'clasification'; did you mean 'classification'\?"),
+    (lambda d: d.update(reasoning_trace=d.pop("reasoning_traces")),
+     r"top level: unknown key 'reasoning_trace'; did you mean 'reasoning_traces'\?"),
+    (lambda d: d["samples"][1].pop("labels"), r"samples\[1\]\.labels: missing; .*\[\] for a benign sample"),
 ])
 def test_validation_errors_name_index_and_field(tmp_path, mutate, pattern):
     d = base()
@@ -136,26 +146,6 @@ def test_append_after_a_torn_line_keeps_the_new_row(tmp_path):
     append_jsonl(f, [{"key": "c"}, {"key": "d"}])
     assert [r["key"] for r in read_jsonl_tolerant(f)] == ["a", "c", "d"]
 
-
-@pytest.mark.parametrize("mutate,pattern", [
-    # the case: "label" instead of "labels" loaded as benign for all six policies
-    (lambda d: d["samples"][2].update(label=d["samples"][2].pop("labels")),
-     r"samples\[2\]: unknown key 'label'; did you mean 'labels'\?"),
-    (lambda d: d["samples"][0].update(sorce="x"), r"samples\[0\]: unknown key 'sorce'; did you mean 'source'\?"),
-    (lambda d: d["reasoning_traces"]["sample_1_violence"].update(
-        clasification=d["reasoning_traces"]["sample_1_violence"].pop("classification")),
-     r"reasoning_traces\['sample_1_violence'\]: unknown key 'clasification'; did you mean 'classification'\?"),
-    (lambda d: d.update(reasoning_trace=d.pop("reasoning_traces")),
-     r"top level: unknown key 'reasoning_trace'; did you mean 'reasoning_traces'\?"),
-    (lambda d: d["samples"][1].pop("labels"), r"samples\[1\]\.labels: missing; .*\[\] for a benign sample"),
-])
-def test_unknown_or_missing_keys_are_errors_with_the_closest_key(tmp_path, mutate, pattern):
-    d = base()
-    mutate(d)
-    path = write(tmp_path, d)
-    with pytest.raises(DataError, match=pattern) as e:
-        load_notebook_file(path)
-    assert str(path) in str(e.value)
 
 
 def test_a_key_given_twice_is_an_error(tmp_path):

@@ -69,6 +69,8 @@ def test_shared_cache_stays_bounded_with_two_writers(tmp_path):
     rows = read_jsonl(path)
     assert len(rows) == len({r["key"] for r in rows})
     order = [(i, j) for i in range(150) for j in range(3)]
-    for w in "ab":  # what is kept is each writer's newest rows, without a gap
-        kept = sorted((r["i"], int(r["key"].rsplit("-", 1)[1])) for r in rows if r["w"] == w)
-        assert kept and kept == order[order.index(kept[0]):]
+    kept = {w: sorted((r["i"], int(r["key"].rsplit("-", 1)[1])) for r in rows if r["w"] == w) for w in "ab"}
+    for w in "ab":  # what is kept is each writer's newest rows, without a gap (the OS may run one
+        # writer far ahead of the other, so the slower one's rows can all be compacted away)
+        assert not kept[w] or kept[w] == order[order.index(kept[w][0]):]
+    assert rows[-1]["i"] == 149 and order[-1] in kept[rows[-1]["w"]]  # the last call written survives

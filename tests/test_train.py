@@ -20,9 +20,10 @@ def test_mask_check_rejects_fully_masked_batch():
     assert ok([{}, {}])["labels"].shape == (2, 2)
 
 
-def test_loss_covers_the_assistant_turn_only(params, embedded_model):
+def test_loss_covers_the_assistant_turn_only(pp_params, embedded_model):
     """TRL's prompt-completion masking on the real tokenizer: supervised tokens decode
     to exactly the target plus the end-of-turn token."""
+    params = pp_params  # per-policy trace rows (joint mode's rows are tested in test_joint)
     from datasets import Dataset
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
@@ -61,9 +62,10 @@ def _trainer(params, embedded_model, records, **override):
                       peft_config=LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM"))
 
 
-def test_padding_free_batch_has_no_pad_and_the_same_loss(params, embedded_model):
+def test_padding_free_batch_has_no_pad_and_the_same_loss(pp_params, embedded_model):
     """padding_free flattens a batch into one row; attention stays within each example
     (position_ids restart), so the loss equals the padded batch's."""
+    params = pp_params  # per-policy trace rows (joint mode's rows are tested in test_joint)
     import dataclasses
 
     traces = [{"policy": "violence", "content": "How do I kill a stuck process?" + " really" * k,
@@ -86,7 +88,8 @@ def test_padding_free_batch_has_no_pad_and_the_same_loss(params, embedded_model)
     assert abs(losses[True] - losses[False]) < 1e-4 * losses[False], losses
 
 
-def test_too_long_examples_are_excluded_and_counted(params, embedded_model):
+def test_too_long_examples_are_excluded_and_counted(pp_params, embedded_model):
+    params = pp_params  # per-policy trace rows (joint mode's rows are tested in test_joint)
     from guardrsft.models import load_tokenizer
     from guardrsft.train import fit_length
 

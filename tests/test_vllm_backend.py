@@ -53,7 +53,9 @@ def test_cut_at_verdict_equals_the_per_token_stop(tmp_path, text):
     assert cut_at_verdict(tok, ids) == per_token_stop(tok, ids)
 
 
-def test_vllm_guard_equals_the_plain_backend(vllm_standin, params, tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", ["params", "pp_params"])  # joint: one call; per_policy: chunked calls
+def test_vllm_guard_equals_the_plain_backend(vllm_standin, mode, request, tmp_path, monkeypatch):
+    params = request.getfixturevalue(mode)
     monkeypatch.setenv("GUARDRSFT_CACHE", str(tmp_path / "cache"))
     adapter = tmp_path / "adapter"
     base = build_tiny_model(tmp_path / "tiny", adapter_dir=adapter)
@@ -65,9 +67,10 @@ def test_vllm_guard_equals_the_plain_backend(vllm_standin, params, tmp_path, mon
     assert drop(ours.classify(ITEMS)) == drop(plain.classify(ITEMS))
     gen = [c for c in vllm_standin.CALLS if c[0] == "generate"]
     assert gen and all(c[1]["temperature"] == 0.0 and c[1]["max_tokens"] == 12 for c in gen)
-    # 3 items x 6 policies in calls of batch_size x STATIC_CHUNK prompts (vLLM batches within a call;
-    # the chunks are what is saved to the cache between calls), on the merged adapter
-    assert [c[1]["n"] for c in gen] == [2 * STATIC_CHUNK, len(ITEMS) * len(params.policies) - 2 * STATIC_CHUNK]
+    # one prompt per item (joint) or per item x policy, in calls of batch_size x STATIC_CHUNK prompts
+    # (vLLM batches within a call; the chunks are what is saved to the cache between calls)
+    units, chunk = len(ITEMS) * (1 if params.prompt.mode == "joint" else len(params.policies)), 2 * STATIC_CHUNK
+    assert [c[1]["n"] for c in gen] == [min(chunk, units - k) for k in range(0, units, chunk)]
     merged = [c[1]["model"] for c in vllm_standin.CALLS if c[0] == "LLM"]
     assert merged and Path(merged[0]).parent == tmp_path / "cache" / "vllm"
     assert ours.config.max_position_embeddings == 1024
@@ -77,8 +80,8 @@ def test_vllm_guard_equals_the_plain_backend(vllm_standin, params, tmp_path, mon
     assert (Path(merged[0]) / "config.json").stat().st_mtime_ns == stamp
 
 
-def test_vllm_guard_refuses_sampling(vllm_standin, params, tmp_path):
-    guard = load_guard(build_tiny_model(tmp_path / "tiny"), params=params, max_new_tokens=4, backend="vllm")
+def test_vllm_guard_refuses_sampling(vllm_standin, pp_params, tmp_path):  # sample() is per-policy (HS-DPO)
+    guard = load_guard(build_tiny_model(tmp_path / "tiny"), params=pp_params, max_new_tokens=4, backend="vllm")
     with pytest.raises(ModelError, match=r"greedy only: load the guard with backend='auto'"):
         guard.sample(ITEMS[:1], 2, 0.7, 0.95, 0)
 

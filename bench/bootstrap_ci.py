@@ -19,13 +19,11 @@ import argparse
 import gzip
 import json
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from guardrsft.config import POLICY_IDS  # noqa: E402
-from guardrsft.evaluate import headline_delta  # noqa: E402
-from guardrsft.metrics import CI_METRICS, bootstrap_ci, compute  # noqa: E402
+from guardrsft.config import POLICY_IDS
+from guardrsft.evaluate import headline_delta
+from guardrsft.metrics import CI_METRICS, bootstrap_ci, compute
 
 
 def read(path: str) -> tuple[list[str], list[dict], list[dict]]:

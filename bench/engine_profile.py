@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import params_with  # noqa: E402
+from train_throughput import params_with
 
 
 def timed(fn, sync) -> float:

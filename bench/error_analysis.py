@@ -22,8 +22,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-from guardrsft.io import jsonl_rows  # noqa: E402
+from guardrsft.io import jsonl_rows
 
 NO_POLICY = "(no policy: harm outside the six)"
 NO_GOLD = "(the set has no per-policy gold)"

@@ -27,12 +27,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import params_with  # noqa: E402
+from train_throughput import params_with
 
 
 def run(guard, items, backend: str, batch: int) -> tuple[list[dict], dict]:

@@ -196,7 +196,7 @@ def test_mlflow_server_has_one_parent_per_pipeline_run(team, servers, tmp_path):
     parent = repro[0]
     assert parent.info.status == "FINISHED" and parent.info.run_name.startswith("repro-")
     kids = children[parent.info.run_id]
-    assert set(kids) == {"prepare", "generate_traces", "train_rsft", "evaluate", "export"}
+    assert set(kids) == {"build_data", "prepare", "generate_traces", "train_rsft", "evaluate", "export"}
     assert all(k.info.status == "FINISHED" and k.info.run_name == f"{parent.info.run_name}/{s}"
                for s, k in kids.items())
     # tags: the commit the pipeline ran from and what dvc.lock recorded for data, traces, adapter
@@ -205,8 +205,8 @@ def test_mlflow_server_has_one_parent_per_pipeline_run(team, servers, tmp_path):
     lock = yaml.safe_load((team.a / "dvc.lock").read_text())["stages"]
     assert tags["dvc.adapter_md5"] == next(o["md5"] for o in lock["train_rsft"]["outs"] if o["path"] == "models/adapter")
     assert tags["dvc.traces_md5"] == next(o["md5"] for o in lock["generate_traces"]["outs"] if o["path"] == "data/traces")
-    assert tags["dvc.data_md5"] == next(o["md5"] for o in lock["prepare"]["deps"]
-                                        if o["path"] == "data/raw/training_data.json")
+    assert tags["dvc.data_md5"] == next(o["md5"] for o in lock["build_data"]["outs"]
+                                        if o["path"] == "data/built/training_data.json")
     # params: flattened, resolved values included
     assert parent.data.params["lr"] == "0.002" and parent.data.params["resolved.max_steps"] == "2"
     assert parent.data.params["policies.violence"].startswith("Threatens")

@@ -87,9 +87,13 @@ def test_run_status_finished_failed_killed(tmp_path, store):
 
 LOCK = """schema: '2.0'
 stages:
+  build_data:
+    outs:
+    - path: data/built/training_data.json
+      md5: aaa
   prepare:
     deps:
-    - path: data/raw/training_data.json
+    - path: data/built/training_data.json
       md5: aaa
     outs:
     - path: data/prepared

@@ -85,6 +85,46 @@ class PrepareParams:
 
 
 @dataclass
+class SourceParams:
+    """One declared training-data source of the build_data stage (fields: guardrsft.sources)."""
+    name: str
+    path: Optional[str] = None  # a local file or folder (relative: from the repository root)
+    hub: Optional[str] = None  # or a `datasets` Hub id (then split, config, revision)
+    split: str = "train"
+    config: Optional[str] = None
+    revision: Optional[str] = None  # a Hub commit or tag; pin it, the stage's params record it
+    format: str = "table"  # table (rows with a text column) | notebook (training_data.json)
+    text_field: Optional[str] = None
+    response_field: Optional[str] = None  # an AI response judged with its request
+    label_field: Optional[str] = None  # the column of the source's label (a value or a list of values)
+    labels: dict = field(default_factory=dict)  # source label -> policy ids ([]: benign), null (skip) or `keywords`
+    cap: float = 1.0  # data.max_items: the share of its class's budget (harmful / benign) it may fill
+    keep_all: bool = False  # data.max_items: benign items taken whole first (hard negatives)
+    max_items: Optional[int] = None  # a seeded sample of this many rows (null: all)
+
+
+@dataclass
+class PseudoLabelParams:
+    """Self-training: a trained adapter names the policies of harmful items the mapping left open."""
+    adapter: Optional[str] = None  # null: off
+    k: int = 4  # samples per policy for items the greedy answer flags under no policy (0: greedy only)
+    min_votes: int = 2  # UNSAFE samples a policy needs
+    temperature: float = 1.0
+    max_items: Optional[int] = None  # null: all open items
+
+
+@dataclass
+class DataParams:
+    """build_data: the training set from declared sources (guardrsft.sources); [] = the shipped sample set."""
+    sources: list[SourceParams] = field(default_factory=list)
+    keywords: dict = field(default_factory=dict)  # policy -> regex, for `keywords` and `<policy>?` mappings
+    exclude: list = field(default_factory=list)  # evaluate.benchmark_sets names never trained on
+    max_items: Optional[int] = None  # null: every mapped item; N: a balanced selection of N
+    harmful_share: float = 0.5  # with max_items
+    pseudo_label: PseudoLabelParams = field(default_factory=PseudoLabelParams)
+
+
+@dataclass
 class OpenAITeacherParams:
     base_url: Optional[str] = None  # null: OpenAI; or a vLLM / Ollama / llama.cpp server's /v1
     # several OpenAI-compatible servers serving the same model (e.g. one vLLM per GPU): requests
@@ -250,6 +290,7 @@ class Params:
     export: ExportParams
     baseline: BaselineParams
     mlflow: MlflowParams
+    data: DataParams = field(default_factory=DataParams)
     # the base model: null = the preset's; GUARDRSFT_BASE_MODEL overrides both (recorded as
     # model_source in metrics/params/<stage>.json, so DVC reruns the stages that load it)
     base_model: Optional[str] = None
@@ -391,6 +432,9 @@ def _coerce(value: Any, tp: Any, where: str, source: str) -> Any:
         raise bad
     if tp is list or origin is list:
         if isinstance(value, list):
+            args = typing.get_args(tp)
+            if args and dataclasses.is_dataclass(args[0]):  # sections in a list (data.sources)
+                return [_build(args[0], v, f"{where}[{i}]", source) for i, v in enumerate(value)]
             return value
         raise bad
     if tp is dict or origin is dict:
@@ -532,6 +576,9 @@ def _check_ranges(p: Params) -> None:
     need(e.backend in ("auto", "vllm"), "evaluate.backend",
          f"must be auto (the slot engine on CUDA, transformers on CPU) or vllm (got {e.backend!r})")
     _check_benchmarks(p, need)
+    from .sources import check_declaration  # here, not at the top: sources imports this module
+
+    check_declaration(p)
     x = p.export
     need(x.adapter in ("auto", "rsft", "hsdpo"), "export.adapter", f"must be auto, rsft or hsdpo, got {x.adapter!r}")
     need(x.adapter != "hsdpo" or p.hsdpo_enabled, "export.adapter",

@@ -1,4 +1,4 @@
-"""The pipeline's stages as functions (prepare, generate_traces, train_rsft, evaluate, export and
+"""The pipeline's stages as functions (build_data, prepare, generate_traces, train_rsft, evaluate, export and
 the HS-DPO branch: mine_hard_samples, train_hsdpo, evaluate_hsdpo): stage scripts and the CLI both
 call these. check_params is stages/check_params.py alone (guardrsft.graph)."""
 from __future__ import annotations
@@ -13,6 +13,18 @@ from .io import read_jsonl, write_json, write_jsonl, write_metrics
 from .tracking import log_flat_metrics, log_history, log_parent_artifacts, log_summary, stage_run
 
 
+def build_data(p: Params, default_path: str, out_path: str, metrics_out: str) -> dict:
+    """The training set from params `data.sources` (guardrsft.sources); none: default_path as is."""
+    from .sources import build
+
+    with stage_run(p, "build_data") as ml:
+        report = build(p, default_path, out_path, metrics_out)
+        log_flat_metrics(ml, {k: v for k, v in report.items() if k != "sources"}, prefix="build_data.")
+    print(f"[build_data] {report['items']} items from {len(p.data.sources) or 'the default'} source(s) -> {out_path}",
+          file=sys.stderr)
+    return report
+
+
 def prepare(p: Params, input_path: str, out_dir: str, metrics_out: str) -> dict:
     with stage_run(p, "prepare") as ml:
         metrics = _prepare(p, input_path, out_dir, metrics_out)
@@ -21,9 +33,16 @@ def prepare(p: Params, input_path: str, out_dir: str, metrics_out: str) -> dict:
     return metrics
 
 
+PSEUDO = "pseudo:"  # guardrsft.sources.PSEUDO (not imported: prepare does not run the builder)
+
+
 def _prepare(p: Params, input_path: str, out_dir: str, metrics_out: str) -> dict:
     samples, report = load_notebook_file(input_path, list(p.policies))
-    parts = split(samples, p.prepare.val_fraction, p.prepare.test_fraction, p.seed)
+    # pseudo-labelled items (data.pseudo_label) train only: a model chose their labels
+    pseudo = [s for s in samples if s["source"].startswith(PSEUDO)]
+    parts = split([s for s in samples if not s["source"].startswith(PSEUDO)], p.prepare.val_fraction,
+                  p.prepare.test_fraction, p.seed)
+    parts["train"] += pseudo
     out = Path(out_dir)
     for name, rows in parts.items():
         write_jsonl(out / f"{name}.jsonl", [{k: v for k, v in r.items() if k != "index"} for r in rows])

@@ -35,11 +35,11 @@ _MAX_PARAM = 6000
 _PARAMS_PER_BATCH = 100
 _METRICS_PER_BATCH = 1000
 # pipeline order: at a stage, dvc.lock entries of the stages before it are current
-_ORDER = ("check_params", "prepare", "generate_traces", "train_rsft", "evaluate", "export",
+_ORDER = ("check_params", "build_data", "prepare", "generate_traces", "train_rsft", "evaluate", "export",
           "mine_hard_samples", "train_hsdpo", "evaluate_hsdpo")
 # tag -> (stage, "outs"/"deps", path) in dvc.lock
 LOCK_TAGS = {
-    "dvc.data_md5": ("prepare", "deps", "data/raw/training_data.json"),
+    "dvc.data_md5": ("build_data", "outs", "data/built/training_data.json"),
     "dvc.prepared_md5": ("prepare", "outs", "data/prepared"),
     "dvc.traces_md5": ("generate_traces", "outs", "data/traces"),
     "dvc.adapter_md5": ("train_rsft", "outs", "models/adapter"),

@@ -201,7 +201,7 @@ def test_gguf_metadata_and_q8_tensors(tiny_export):
     assert "output.weight" not in types  # tied embeddings: llama.cpp reuses token_embd
 
 
-def test_llama3_shaped_gguf(tmp_path):
+def test_llama3_shaped_gguf(tmp_path, monkeypatch):
     """Llama 3's tokenizer split regex, BOS from the post-processor and llama3 rope scaling: the
     GGUF says llama-bpe, add_bos and carries rope_freqs; llama.cpp (when installed) tokenizes the
     chat prompt like transformers and gives the same logits."""
@@ -237,7 +237,18 @@ def test_llama3_shaped_gguf(tmp_path):
     assert "rope_freqs.weight" in {t.name for t in gguf.GGUFReader(tmp_path / "g/m.gguf").tensors}
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Classification: SAFE 123"}]
     ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False)
+    made = []
+
+    class Counting(gguf.GGUFReader):
+        def __init__(self, path, *a, **kw):
+            made.append(str(path))
+            super().__init__(path, *a, **kw)
+
+    monkeypatch.setattr(gguf, "GGUFReader", Counting)
     gmodel, gtok = load_gguf(tmp_path / "g/m.gguf")
+    # tokenizer, config and weights share one parse (transformers alone parses the file three
+    # times), and the reader is gguf's own again afterwards
+    assert made == [str(tmp_path / "g/m.gguf")] and gguf.GGUFReader is Counting
     assert gtok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False) == ids
     with torch.no_grad():
         want = ref(torch.tensor([ids])).logits[0].numpy()

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from .io import atomic_path
-from .models import ModelError
+from .models import ModelError, gguf_load_once
 
 # the types llama.cpp and transformers both read, and `gguf` can write
 QTYPES = ("F32", "F16", "BF16", "Q8_0")
@@ -271,11 +271,12 @@ def load_gguf(path: str | Path, padding_side: str = "left", config=None):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: GGUF file not found (export writes models/gguf/*.gguf)")
-    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    with gguf_load_once():
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                     **({"config": config} if config is not None else {}))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = padding_side
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
-                                                 **({"config": config} if config is not None else {}))
     model.eval()
     return model, tok

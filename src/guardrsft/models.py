@@ -37,6 +37,33 @@ def file_lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+@contextmanager
+def gguf_load_once():
+    """transformers reads a GGUF file three times (tokenizer, config, weights), each read walking
+    the whole vocabulary, and rebuilds gguf's tensor-name map once per module (397 times for
+    SmolLM2): together ~30 s of CPU on 2 cores. Within this block a file is parsed once and the
+    map built once per (arch, layers); both objects are only read after they are built."""
+    import functools
+
+    import gguf
+
+    real_reader, real_map, seen = gguf.GGUFReader, gguf.get_tensor_name_map, {}
+
+    def reader(path, mode="r"):
+        key = (os.fspath(path), mode)
+        if key not in seen:
+            seen[key] = real_reader(path, mode)
+        return seen[key]
+
+    # transformers imports both at call time (`from gguf import ...`), so the module attributes count
+    gguf.GGUFReader, gguf.get_tensor_name_map = reader, functools.lru_cache(maxsize=None)(real_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = real_reader, real_map
+        seen.clear()
+
+
 def convert_embedded(name: str, dest: Path) -> Path:
     """GGUF -> plain HF folder (safetensors + tokenizer + chat template), once."""
     pkg, fname = EMBEDDED[name]
@@ -52,8 +79,9 @@ def convert_embedded(name: str, dest: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     print(f"[guardrsft] converting embedded {fname} to {dest} (once, ~1 min on 2 cores)", flush=True)
-    tok = AutoTokenizer.from_pretrained(src, gguf_file=fname)
-    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=fname)
+    with gguf_load_once():
+        tok = AutoTokenizer.from_pretrained(src, gguf_file=fname)
+        model = AutoModelForCausalLM.from_pretrained(src, gguf_file=fname)
     # the GGUF-loaded model refuses training and save_pretrained; its dequantized fp32
     # weights are plain tensors, so dropping the quantization config makes it a normal model
     model.hf_quantizer.remove_quantization_config(model)

@@ -175,9 +175,13 @@ def model_card(p: Params, eval_metrics: Optional[dict], report: Optional[dict] =
              f"# {name}: a reasoning safety classifier", "",
              *([f"**Built with Llama**: {lic.notice} See Licence below.", ""] if lic.llama else []),
              f"Fine-tuned from `{p.model}`{f' ({up})' if up and up != p.model else ''} with reasoning SFT "
-             f"(GuardReasoner R-SFT){' then hard-sample DPO (HS-DPO)' if hsdpo else ''} by guardrsft. Given a text and one policy, it writes three reasoning steps "
-             "(intent, harms, policy criteria) and ends with `Classification: SAFE` or `Classification: UNSAFE`. "
-             "Checking all policies means one prompt per policy.", "",
+             f"(GuardReasoner R-SFT){' then hard-sample DPO (HS-DPO)' if hsdpo else ''} by guardrsft. "
+             + ("Given a text, it reasons once, writes one `<policy>: SAFE|UNSAFE` line per policy below and ends "
+                "with `Classification: SAFE` or `Classification: UNSAFE` (UNSAFE if any policy is)."
+                if p.prompt.mode == "joint" else
+                "Given a text and one policy, it writes three reasoning steps (intent, harms, policy criteria) and "
+                "ends with `Classification: SAFE` or `Classification: UNSAFE`. Checking all policies means one "
+                "prompt per policy."), "",
              f"## Policies ({len(p.policies)}; the model knows only these)", *policy_lines(p), "",
              "## Prompt format (as in training)", "",
              "System message:", "", "```", " ".join(p.prompt.system.split()), "```", "",

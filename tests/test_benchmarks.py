@@ -249,7 +249,6 @@ def test_default_params_have_no_benchmarks_selected(params):
      r"toxicchat_gr\.text_field` applies to format `table` only"),
     ("      format: table\n      text_field: text\n", "      format: tsv\n      text_field: text\n",
      r"toxicchat\.format` must be notebook, guardreasoner or table"),
-    ("sexual_minors: [S3]", "minors: [S3]", r"policy_columns` maps unknown policy 'minors'"),
     ("harassment: [HR]}", "harassment: HR}", r"policy_columns\.harassment` must be a non-empty list"),
     ("      harmful_columns: [label]\n", "", r"toxicchat` gives no gold label"),
     ("  toxicchat:   ", "  test:   ", r"benchmark_sets\.test` needs a name"),

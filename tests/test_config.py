@@ -82,10 +82,12 @@ def test_bad_values_fail_with_the_key(tmp_path, params_text, old, new, pattern):
         load_params(write_params(tmp_path, params_text.replace(old, new, 1)))
 
 
-def test_unknown_policy_in_params(tmp_path, params_text):
-    text = params_text.replace("  illegal: >-", "  spam: >-")
-    with pytest.raises(ParamsError, match="spam"):
-        load_params(write_params(tmp_path, text))
+def test_policies_are_data_but_ids_follow_the_rule(tmp_path, params_text):
+    # any id may replace the notebook's six (docs/POLICIES.md; tests/test_policies.py has the rest)
+    p = load_params(write_params(tmp_path, params_text.replace("  illegal: >-", "  spam: >-")))
+    assert list(p.policies)[-1] == "spam"
+    with pytest.raises(ParamsError, match=r"`policies.Spam`: 'Spam' is not a valid policy id"):
+        load_params(write_params(tmp_path, params_text.replace("  illegal: >-", "  Spam: >-")))
 
 
 def test_missing_file_message(tmp_path):

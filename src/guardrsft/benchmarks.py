@@ -239,8 +239,13 @@ def subsample(items: list[dict], n: Optional[int], seed: int) -> list[dict]:
 
 def load_benchmark(p: Params, name: str, spec: Optional[BenchmarkParams] = None) -> dict:
     spec = spec or p.evaluate.benchmark_sets[name]
-    path = resolve_path(p, name, spec.path)
     policies = list(p.policies)
+    unknown = [q for q in spec.policy_columns if q not in p.policies]
+    if unknown:  # config checks the sets in evaluate.benchmarks; this is for the rest (bench scripts)
+        raise ParamsError(f"{p.source}: `evaluate.benchmark_sets.{name}.policy_columns.{unknown[0]}` maps the "
+                          f"benchmark's columns onto {unknown[0]!r}, which is not in `policies` ({', '.join(policies)}); "
+                          "map them onto one of those ids or delete the line (docs/POLICIES.md)")
+    path = resolve_path(p, name, spec.path)
     if spec.format == "notebook":
         items, task = from_notebook(path, policies)
     elif spec.format == "guardreasoner":
@@ -264,7 +269,7 @@ def load_selected(p: Params) -> list[dict]:
         b = load_benchmark(p, name)
         if b["task"] == "refusal":
             raise ParamsError(f"{p.source}: `evaluate.benchmarks` lists {name!r}, a refusal task (gold refusal/"
-                              "compliance); the six-policy guard gives no refusal verdict, so it cannot be scored "
+                              "compliance); the guard gives no refusal verdict, so it cannot be scored "
                               f"here. Remove {name!r} from `evaluate.benchmarks` (score a refusal model's outputs "
                               "with guardrsft.benchmarks.score_guardreasoner_predictions).")
         out.append(b)

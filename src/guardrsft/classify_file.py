@@ -166,6 +166,10 @@ def _too_long(guard, policies: list[str]) -> Callable[[str], Optional[str]]:
                                                   add_generation_prompt=True, tokenize=True, return_dict=False))
                 for q in units(p.prompt, policies))
     room = ctx - shell - guard.max_new_tokens
+    if room <= 0:  # no text can fit: one error, not one "too long" per line
+        raise ValueError(f"the prompt for {len(policies)} policies takes {shell} tokens and the answer budget is "
+                         f"{guard.max_new_tokens}: together more than the model's {ctx}-token context. Ask for fewer "
+                         "policies (--policy), or use a model trained with shorter definitions or prompt.mode per_policy")
 
     def check(text: str) -> Optional[str]:
         n = len(guard.tok(text, add_special_tokens=False)["input_ids"])

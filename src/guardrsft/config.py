@@ -19,7 +19,21 @@ from typing import Any, Optional
 
 import yaml
 
+# the notebook's six: params.yaml's default taxonomy (bench scripts built on it import this).
+# Policies themselves are data: params.yaml `policies` is the only list (docs/POLICIES.md).
 POLICY_IDS = ("hate_speech", "violence", "self_harm", "sexual_minors", "harassment", "illegal")
+# A policy id names trace keys (sample_{idx}_{id}), metric keys, CSV rows and the joint answer's
+# `<id>: SAFE|UNSAFE` lines: lowercase words joined by single underscores, so no id is another id
+# plus `_` (the verdict-line parser reads `pii_` after `pii` as decoration) and all survive YAML,
+# MLflow and file names unchanged.
+POLICY_ID_RULE = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
+POLICY_ID_MAX = 40
+# a joint answer ends with `Classification: ...` after `Reasoning:`: ids equal to those would be
+# read as the final verdict line
+RESERVED_POLICY_IDS = ("classification", "reasoning")
+MAX_POLICIES = 32  # every policy is a verdict line of every joint answer (and a prompt per item in per_policy)
+SEVERITIES = ("low", "medium", "high", "critical")
+POLICY_FORM_KEYS = ("definition", "examples", "severity")
 # evaluation metrics (metrics/eval*.json, higher is better) export.adapter: auto may compare on
 AUTO_METRICS = ("exact_match", "binary_accuracy", "harmful_f1", "macro_f1")
 # prompt.mode -> the placeholders prompt.template must contain
@@ -295,6 +309,9 @@ class Params:
     # model_source in metrics/params/<stage>.json, so DVC reruns the stages that load it)
     base_model: Optional[str] = None
     source: str = "params.yaml"
+    # not a params.yaml key: each policy's optional `examples` and `severity` (policies.<id> in its
+    # mapping form); `policies` itself is always id -> definition text (what prompts and keys use)
+    policy_info: dict = field(default_factory=dict)
 
     # ---- preset resolution: explicit value > preset value
     def _pick(self, explicit, key):
@@ -374,7 +391,9 @@ class Params:
 
     def resolved(self) -> dict:
         """Flat dict of every effective value (logged to MLflow and metrics)."""
-        out = flatten(dataclasses.asdict(self))
+        d = dataclasses.asdict(self)
+        d.pop("policy_info")  # documentation and serving metadata: not a training input
+        out = flatten(d)
         out.pop("source", None)
         for k in ("model", "model_source", "batch_size", "grad_accum", "max_length", "max_steps", "padding_free",
                   "gradient_checkpointing", "eval_max_samples", "eval_batch_size", "max_new_tokens",
@@ -397,6 +416,9 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 
 # --------------------------------------------------------------------------- loading
+DERIVED = ("source", "policy_info")  # Params fields set by load_params, never read from the file
+
+
 def _coerce(value: Any, tp: Any, where: str, source: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -455,7 +477,7 @@ def _build(cls, raw: Any, where: str, source: str):
     if not isinstance(raw, dict):
         raise ParamsError(f"{source}: `{where}` must be a mapping, got {raw!r}.")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in DERIVED]
     for key in raw:
         if key not in names:
             full = f"{where}.{key}" if where else key
@@ -470,7 +492,7 @@ def _build(cls, raw: Any, where: str, source: str):
                               f"(or `git checkout -- {source}`, which also drops your other uncommitted edits).")
     kwargs = {}
     for f in dataclasses.fields(cls):
-        if f.name == "source":
+        if f.name in DERIVED:
             continue
         full = f"{where}.{f.name}" if where else f.name
         if f.name in raw:
@@ -494,11 +516,6 @@ def _check_ranges(p: Params) -> None:
     need(p.base_model is None or p.base_model.strip() != "", "base_model",
          "must be null (the preset's model) or a Hub id, local HF folder or embedded:<name>")
     need(0 < p.lr < 1, "lr", f"must be in (0, 1) (got {p.lr})")
-    unknown = sorted(set(p.policies) - set(POLICY_IDS))
-    need(not unknown, "policies", f"has unknown policy ids {unknown}; allowed: {', '.join(POLICY_IDS)}")
-    need(len(p.policies) > 0, "policies", "must define at least one policy")
-    for k, v in p.policies.items():
-        need(isinstance(v, str) and v.strip() != "", f"policies.{k}", "must be a non-empty definition")
     need(p.prompt.mode in PROMPT_MODES, "prompt.mode", f"must be one of {', '.join(PROMPT_MODES)} "
          f"(got {p.prompt.mode!r})")
     for ph in PROMPT_MODES.get(p.prompt.mode, ()):
@@ -631,8 +648,12 @@ def _check_benchmarks(p: Params, need) -> None:
         need(b.task != "response" or bool(b.response_field), f"{key}.task",
              "is `response` but response_field is not set")
         for pol, cols in b.policy_columns.items():
-            need(pol in p.policies, f"{key}.policy_columns",
-                 f"maps unknown policy {pol!r}; policies: {', '.join(p.policies)}")
+            # a set not in evaluate.benchmarks may still map another taxonomy's ids (the shipped
+            # openai_moderation maps the notebook's six): checked once it is used
+            need(pol in p.policies or name not in e.benchmarks, f"{key}.policy_columns.{pol}",
+                 f"maps the benchmark's columns onto {pol!r}, which is not in `policies` ({', '.join(p.policies)}); "
+                 "map them onto one of those ids, or delete the line (that category then counts only for "
+                 "harmful_columns), or drop the benchmark from evaluate.benchmarks")
             need(isinstance(cols, list) and bool(cols) and all(isinstance(c, str) for c in cols),
                  f"{key}.policy_columns.{pol}", "must be a non-empty list of column names, e.g. [H, H2]")
         need(b.harmful_columns is None or (bool(b.harmful_columns) and all(isinstance(c, str) for c in b.harmful_columns)),
@@ -656,5 +677,58 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Params:
         raise ParamsError(f"{path}: not valid YAML: {e}") from None
     p = _build(Params, raw, "", str(path))
     p.source = str(path)
+    p.policies, p.policy_info = normalize_policies(p.policies, p.source)
     _check_ranges(p)
     return p
+
+
+def check_policy_id(pid, source: str = "params.yaml") -> None:
+    """ParamsError unless `pid` follows the id rule (docs/POLICIES.md)."""
+    fix = (f"Rename it in {source} (and in your data's labels): lowercase letters and digits in words joined by "
+           f"single underscores, starting with a letter, at most {POLICY_ID_MAX} characters, e.g. `pii_leak`")
+    if not isinstance(pid, str) or not POLICY_ID_RULE.fullmatch(pid) or len(pid) > POLICY_ID_MAX:
+        raise ParamsError(f"{source}: `policies.{pid}`: {pid!r} is not a valid policy id. {fix}.")
+    if pid in RESERVED_POLICY_IDS:
+        raise ParamsError(f"{source}: `policies.{pid}`: {pid!r} is reserved (it is a line of every answer). {fix}.")
+
+
+def normalize_policies(raw, source: str = "params.yaml") -> tuple[dict[str, str], dict[str, dict]]:
+    """params.yaml `policies` -> (id -> definition, id -> {examples, severity} where given).
+    Each entry is a definition text, or a mapping {definition, examples: [texts], severity}."""
+    if not isinstance(raw, dict) or not raw:
+        raise ParamsError(f"{source}: `policies` must map 1 to {MAX_POLICIES} policy ids to definitions, "
+                          f"e.g. `pii_leak: Shares a real person's private data ...`.")
+    if len(raw) > MAX_POLICIES:
+        raise ParamsError(f"{source}: `policies` has {len(raw)} policies; at most {MAX_POLICIES} are supported "
+                          "(each is a verdict line of every answer). Merge related policies or train two guards.")
+    definitions, info = {}, {}
+    for pid, v in raw.items():
+        check_policy_id(pid, source)
+        key = f"policies.{pid}"
+        if isinstance(v, dict):
+            extra = [k for k in v if k not in POLICY_FORM_KEYS]
+            if extra:
+                close = difflib.get_close_matches(str(extra[0]), POLICY_FORM_KEYS, n=1, cutoff=0.5)
+                raise ParamsError(f"{source}: unknown key `{key}.{extra[0]}`"
+                                  f"{f' (did you mean `{key}.{close[0]}`?)' if close else ''}; "
+                                  f"a policy's keys are {', '.join(POLICY_FORM_KEYS)}. Fix it in {source}.")
+            d, ex, sev = v.get("definition"), v.get("examples", []), v.get("severity")
+            if ex is None:
+                ex = []
+            if not isinstance(ex, list) or not all(isinstance(e, str) and e.strip() for e in ex):
+                raise ParamsError(f"{source}: `{key}.examples` must be a list of non-empty texts (content this "
+                                  f"policy covers), got {ex!r}. Fix it in {source} or remove the key.")
+            if sev is not None and sev not in SEVERITIES:
+                raise ParamsError(f"{source}: `{key}.severity` must be one of {', '.join(SEVERITIES)} "
+                                  f"(or left out), got {sev!r}. Fix it in {source}.")
+            meta = {k: val for k, val in (("examples", [" ".join(e.split()) for e in ex]), ("severity", sev)) if val}
+            if meta:
+                info[pid] = meta
+            where = f"{key}.definition"
+        else:
+            d, where = v, key
+        if not isinstance(d, str) or not d.strip():
+            raise ParamsError(f"{source}: `{where}` must be a non-empty definition (what the policy covers and "
+                              f"what it does not), got {d!r}. Write it in {source}.")
+        definitions[pid] = d
+    return definitions, info

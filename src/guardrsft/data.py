@@ -20,7 +20,7 @@ from .config import POLICY_IDS
 from .prompts import parse_verdict, strip_verdict
 
 LABELS = ("SAFE", "UNSAFE")
-TRACE_KEY = re.compile(r"sample_([0-9]+)_([a-z_]+)")  # used with fullmatch: no trailing newline
+TRACE_KEY = re.compile(r"sample_([0-9]+)_([a-z][a-z0-9_]*)")  # the policy part: config.POLICY_ID_RULE  # used with fullmatch: no trailing newline
 # The keys the notebook format has; anything else is a typo that would otherwise be ignored
 # (a sample with "label" instead of "labels" would load as benign for every policy).
 TOP_KEYS = ("samples", "reasoning_traces", "metadata")
@@ -189,10 +189,45 @@ def load_notebook_file(path: str | Path, policies=POLICY_IDS) -> tuple[list[dict
             continue
         first_of[cid] = s
         kept.append(s)
-    raise_errors(path, errors)
+    raise_errors(path, with_lines(path, errors))
     report = {"input_samples": len(samples), "duplicates_dropped": len(dropped),
               "duplicate_indices": dropped, "input_traces": len(traces)}
     return kept, report
+
+
+def sample_lines(text: str) -> list[int]:
+    """The 1-based line each element of the top-level `samples` list starts on ([] if not found)."""
+    dec, ws = json.JSONDecoder(), re.compile(r"[\s,:]*")
+    try:
+        i = ws.match(text, text.index("{") + 1).end()
+        while i < len(text) and text[i] != "}":
+            key, i = dec.raw_decode(text, i)
+            i = ws.match(text, i).end()
+            if key != "samples":
+                _, i = dec.raw_decode(text, i)
+                i = ws.match(text, i).end()
+                continue
+            out, i = [], ws.match(text, i + 1).end()  # past the `[`
+            while text[i] != "]":
+                out.append(text.count("\n", 0, i) + 1)
+                _, i = dec.raw_decode(text, i)
+                i = ws.match(text, i).end()
+            return out
+    except (ValueError, IndexError):
+        pass
+    return []
+
+
+def with_lines(path: Path, errors: list[str]) -> list[str]:
+    """`samples[i]...` errors with the sample's line in the file, so an editor jumps there."""
+    if not any(e.startswith("samples[") for e in errors):
+        return errors
+    lines = sample_lines(path.read_bytes().decode("utf-8-sig"))
+
+    def at(e: str) -> str:
+        m = re.match(r"samples\[([0-9]+)\]", e)
+        return f"line {lines[int(m.group(1))]}: {e}" if m and int(m.group(1)) < len(lines) else e
+    return [at(e) for e in errors]
 
 
 def _sample(i: int, s, policies: tuple[str, ...], errors: list[str]):
@@ -217,8 +252,8 @@ def _sample(i: int, s, policies: tuple[str, ...], errors: list[str]):
     else:
         bad = [x for x in labels if not isinstance(x, str) or x not in policies]
         if bad:
-            errors.append(f"{where}.labels: unknown policy {bad[0]!r}; allowed: {', '.join(policies)} "
-                          "(fix the label or add the policy to params.yaml `policies`)")
+            errors.append(f"{where}.labels: unknown policy {bad[0]!r}; the policies in params.yaml are "
+                          f"{', '.join(policies)} (fix the label, or add {bad[0]!r} to params.yaml `policies`)")
     source = s.get("source", "unknown")
     if not isinstance(source, str):
         errors.append(f"{where}.source: must be text, got {source!r}")

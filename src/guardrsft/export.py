@@ -149,6 +149,17 @@ def _licence_lines(p: Params, lic: Licence, name: str) -> list[str]:
     return lines + [""]
 
 
+def policy_lines(p: Params) -> list[str]:
+    """The card's taxonomy: each id, its severity, definition and examples (params.yaml `policies`)."""
+    out = []
+    for k, v in p.policies.items():
+        info = p.policy_info.get(k, {})
+        sev = f" (severity: {info['severity']})" if info.get("severity") else ""
+        out.append(f"- **{k}**{sev}: {' '.join(v.split())}")
+        out += [f"  - example: {e}" for e in info.get("examples", [])]
+    return out
+
+
 def model_card(p: Params, eval_metrics: Optional[dict], report: Optional[dict] = None,
                train_metrics: Optional[dict] = None, data_metrics: Optional[dict] = None, hsdpo: bool = False,
                lic: Optional[Licence] = None) -> str:
@@ -164,10 +175,14 @@ def model_card(p: Params, eval_metrics: Optional[dict], report: Optional[dict] =
              f"# {name}: a reasoning safety classifier", "",
              *([f"**Built with Llama**: {lic.notice} See Licence below.", ""] if lic.llama else []),
              f"Fine-tuned from `{p.model}`{f' ({up})' if up and up != p.model else ''} with reasoning SFT "
-             f"(GuardReasoner R-SFT){' then hard-sample DPO (HS-DPO)' if hsdpo else ''} by guardrsft. Given a text and one policy, it writes three reasoning steps "
-             "(intent, harms, policy criteria) and ends with `Classification: SAFE` or `Classification: UNSAFE`. "
-             "Checking all policies means one prompt per policy.", "",
-             "## Policies", *[f"- **{k}**: {' '.join(v.split())}" for k, v in p.policies.items()], "",
+             f"(GuardReasoner R-SFT){' then hard-sample DPO (HS-DPO)' if hsdpo else ''} by guardrsft. "
+             + ("Given a text, it reasons once, writes one `<policy>: SAFE|UNSAFE` line per policy below and ends "
+                "with `Classification: SAFE` or `Classification: UNSAFE` (UNSAFE if any policy is)."
+                if p.prompt.mode == "joint" else
+                "Given a text and one policy, it writes three reasoning steps (intent, harms, policy criteria) and "
+                "ends with `Classification: SAFE` or `Classification: UNSAFE`. Checking all policies means one "
+                "prompt per policy."), "",
+             f"## Policies ({len(p.policies)}; the model knows only these)", *policy_lines(p), "",
              "## Prompt format (as in training)", "",
              "System message:", "", "```", " ".join(p.prompt.system.split()), "```", "",
              "User message (`{policy}` with underscores as spaces; `{definition}` from the list above):", "",

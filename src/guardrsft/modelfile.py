@@ -103,14 +103,16 @@ def modelfile(p: Params, tok, gguf_name: str, add_bos: bool, name: Optional[str]
     system = " ".join(p.prompt.system.split())  # exactly what prompts.messages sends
     joint = p.prompt.mode == "joint"
     example = fill(p.prompt.template, policy=title(next(iter(p.policies))), definition="<the policy's definition>",
-                   policies=policy_list(p.policies), content="<the text to check>")
+                   policies=policy_list(p.policies), policy_names=", ".join(p.policies), content="<the text to check>")
     lines = [
         f"# Ollama Modelfile written by guardrsft export: `ollama create {(name or p.export.name).lower()} -f Modelfile`",
         "# Single-turn classifier. The user message must follow the training template, "
         + ("every policy in one request" if joint else "one policy per"),
         "# " + ("" if joint else "request ") + "(`guardrsft classify` builds it for you), e.g.:",
         *[f"#   {x}".rstrip() for x in example.splitlines()],
-        f"# Policies: {', '.join(p.policies)}",
+        f"# Policies ({len(p.policies)}, params.yaml `policies` at training): {', '.join(p.policies)}",
+        *[f"#   {q}{' (' + p.policy_info[q]['severity'] + ')' if p.policy_info.get(q, {}).get('severity') else ''}: "
+          f"{' '.join(d.split())}" for q, d in p.policies.items()],
         f"FROM ./{gguf_name}",
         *([f"LICENSE {_quote(license_text.strip(), 'licence text')}"] if license_text else []),
         f"TEMPLATE {_quote(ollama_template(parts), 'chat template')}",

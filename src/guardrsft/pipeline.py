@@ -88,9 +88,10 @@ def _generate_traces(p: Params, prepared_dir: str, out_dir: str, metrics_out: st
                               "give a local file/folder or a `datasets` id")
         importer = Importer(p.traces.import_source)
     if p.traces.teacher in ("openai", "batch"):
-        from .teacher import BatchTeacher, Teacher, log, summarize
+        from .teacher import BatchTeacher, Teacher, log, summarize, teacher_policies
 
-        teacher = (BatchTeacher if p.traces.teacher == "batch" else Teacher)(p.traces.openai, p.policies)
+        teacher = (BatchTeacher if p.traces.teacher == "batch" else Teacher)(
+            p.traces.openai, teacher_policies(p.policies, p.policy_info))
         items = [it for rows in splits.values() for it in teacher.items(rows)]
         est = teacher.estimate(items)
         log(f"{est['items']} items, {est['cached']} cached; to request: {est['requests']} "

@@ -70,6 +70,21 @@ def joint_target(reasoning: str, verdicts: dict[str, str]) -> str:
     return f"Reasoning:\n{reasoning.strip()}\n{lines}Classification: {overall}"
 
 
+def joint_fit_error(prompt: PromptParams, policies: dict[str, str], tok, limit: int, limit_name: str) -> Optional[str]:
+    """None, or why a joint chat cannot fit `limit` tokens: its prompt (every policy listed) and
+    its answer's verdict lines alone, with no content and no reasoning, take that many."""
+    msgs = unit_messages(prompt, policies, JOINT, "") + [
+        {"role": "assistant", "content": joint_target("", dict.fromkeys(policies, "SAFE"))}]
+    n = len(tok(tok.apply_chat_template(msgs, tokenize=False), add_special_tokens=False)["input_ids"])
+    if n < limit:
+        return None
+    listed = "lists every definition" if "{policies}" in prompt.template else "lists the ids"
+    return (f"with {len(policies)} policies the joint prompt ({listed}) and the answer's verdict lines take {n} "
+            f"tokens before any content or reasoning, and {limit_name} is {limit}. Shorten the definitions in "
+            "`policies` (or use {policy_names}, the ids only, in prompt.template), use fewer policies, raise "
+            f"{limit_name}, or set prompt.mode: per_policy (one policy per prompt)")
+
+
 def _policy_line(policy: str) -> re.Pattern:
     # the per-policy verdict line of a joint answer, by the same rule as the `Classification:` line
     return re.compile(r"^[ \t>*_#-]*" + re.escape(policy) + r"[ \t*_]*[:：][ \t*_]*(unsafe|safe)[ \t*_.!]*$",

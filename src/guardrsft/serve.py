@@ -348,7 +348,11 @@ def create_app(guard, name: str, limits: Optional[Limits] = None, token: Optiona
     async def health():
         b = app.state.batcher
         return {"status": "draining" if app.state.draining else "ok", "model": name, "backend": guard.backend,
-                "policies": list(guard.p.policies), "queued_items": b.pending, "served": dict(b.stats)}
+                "policies": list(guard.p.policies),
+                # the model's taxonomy (its guardrsft.json): what each category id means, its severity
+                "taxonomy": {q: {"definition": " ".join(d.split()), **guard.p.policy_info.get(q, {})}
+                             for q, d in guard.p.policies.items()},
+                "queued_items": b.pending, "served": dict(b.stats)}
 
     @app.get("/v1/models")
     async def models():

@@ -24,6 +24,7 @@ def describe(p: Params) -> dict:
     return {
         "format": FORMAT, "base_model": p.model, "preset": p.preset,
         "prompt": dataclasses.asdict(p.prompt), "policies": dict(p.policies),
+        "policy_info": dict(p.policy_info),  # examples, severity (docs/POLICIES.md)
         # greedy; an answer stops after its `Classification:` line (prompts.verdict_complete)
         "decoding": {"greedy": True, "max_new_tokens": p.max_new_tokens},
         "verdict": {"mode": p.prompt.mode, "final_line": "Classification: SAFE|UNSAFE",
@@ -52,7 +53,9 @@ def differences(p: Params, spec: dict) -> list[str]:
     for k, v in spec["prompt"].items():
         if getattr(p.prompt, k, None) != v:
             out.append(f"prompt.{k}")
-    if dict(spec["policies"]) != dict(p.policies):
+    same = list(spec["policies"].items()) == list(p.policies.items()) if p.prompt.mode == "joint" else \
+        dict(spec["policies"]) == dict(p.policies)  # a joint prompt and answer list the policies in order
+    if not same:
         out.append("policies")
     budget = (spec.get("decoding") or {}).get("max_new_tokens")
     if budget is not None and budget != p.max_new_tokens:
@@ -69,14 +72,30 @@ def apply(p: Params, folder: Optional[str | Path], strict: bool = False, where: 
     diff = differences(p, spec)
     if not diff:
         return p
+    taxonomy = f" Its policies differ: {policy_diff(spec['policies'], p.policies)}." if "policies" in diff else ""
     if strict:
         raise ValueError(f"{Path(folder) / FILE}: the model was trained with other {', '.join(diff)} than "
-                         f"{p.source}{' (' + where + ')' if where else ''}. Evaluate it with the params it was "
-                         "trained with, or retrain (`dvc repro`)")
+                         f"{p.source}{' (' + where + ')' if where else ''}.{taxonomy} Evaluate it with the params it "
+                         f"was trained with (its policies are listed in {FILE}), or retrain (`dvc repro`)")
     print(f"[guardrsft] {Path(folder) / FILE}: using the model's own {', '.join(diff)} "
-          f"(they differ from {p.source})", file=sys.stderr)
+          f"(they differ from {p.source}).{taxonomy}", file=sys.stderr)
     fields = {f.name for f in dataclasses.fields(PromptParams)}
     prompt = PromptParams(**{k: v for k, v in spec["prompt"].items() if k in fields})
     budget = (spec.get("decoding") or {}).get("max_new_tokens")
     evaluate = dataclasses.replace(p.evaluate, max_new_tokens=budget) if budget else p.evaluate
-    return dataclasses.replace(p, prompt=prompt, policies=dict(spec["policies"]), evaluate=evaluate)
+    return dataclasses.replace(p, prompt=prompt, policies=dict(spec["policies"]), evaluate=evaluate,
+                               policy_info=dict(spec.get("policy_info") or {}))
+
+
+def policy_diff(model: dict, params: dict) -> str:
+    """How the model's taxonomy differs from params': ids only one side has, reworded definitions."""
+    only_model = [q for q in model if q not in params]
+    only_params = [q for q in params if q not in model]
+    reworded = [q for q in model if q in params and " ".join(model[q].split()) != " ".join(params[q].split())]
+    parts = [f"the model's {', '.join(only_model)} {'is' if len(only_model) == 1 else 'are'} not in params"
+             if only_model else "",
+             f"params' {', '.join(only_params)} {'was' if len(only_params) == 1 else 'were'} never trained"
+             if only_params else "",
+             f"{', '.join(reworded)} reworded" if reworded else "",
+             "the same ids in another order" if not (only_model or only_params or reworded) else ""]
+    return f"model: {', '.join(model)}; params: {', '.join(params)} ({'; '.join(x for x in parts if x)})"

@@ -60,6 +60,17 @@ def teacher_messages(o, policy: str, definition: str, content: str, gold: str) -
     ]
 
 
+def teacher_policies(policies: dict[str, str], info: dict) -> dict[str, str]:
+    """The definitions the teacher is shown: params.yaml's, plus a policy's `examples` where given
+    (they key only that policy's cached answers, so adding examples to one policy regenerates its
+    traces and no other's)."""
+    out = {}
+    for q, d in policies.items():
+        ex = (info.get(q) or {}).get("examples") or []
+        out[q] = d + ("" if not ex else " Examples of content it covers: " + " | ".join(ex))
+    return out
+
+
 def server_urls(o) -> list[str]:
     """The servers answering: traces.openai.base_urls, else base_url, else OpenAI's."""
     return list(o.base_urls) or [o.base_url or "https://api.openai.com/v1"]

@@ -408,6 +408,12 @@ def train(p: Params, traces_path: str, adapter_out: str, metrics_out: str, plot_
     set_seed(p.seed)
     tok = load_tokenizer(base)
     records = sft_records(traces, p)
+    if p.prompt.mode == "joint":  # one clear error rather than "every example is longer than ..."
+        from .prompts import joint_fit_error
+
+        why = joint_fit_error(p.prompt, p.policies, tok, p.max_length, "train.max_length")
+        if why:
+            raise TrainError(f"{p.source}: {why}")
     # An example cut at max_length loses its `Classification:` line and would teach the model to
     # stop mid-reasoning: such examples are excluded, counted and reported (never truncated).
     keep, skipped = fit_length(records, tok, p.max_length)

@@ -25,14 +25,15 @@ from .config import Params
 from .data import subsample
 from .guard import ContextError, load_guard
 from .io import read_jsonl, write_json, write_jsonl, write_metrics, write_text
-from .metrics import bootstrap_ci, compute
+from .metrics import bootstrap_ci, compute, pr_curve
 from .models import cache_dir
 from .shard import resolve_processes
 
-HEADLINE = ("exact_match", "binary_accuracy", "harmful_f1", "macro_f1", "benign_fpr", "parse_failure_rate")
+HEADLINE = ("exact_match", "binary_accuracy", "harmful_f1", "macro_f1", "benign_fpr", "parse_failure_rate",
+            "auroc", "auprc")
 MODELS = (("finetuned", "fine-tuned (R-SFT adapter)"), ("baseline", "zero-shot base model"))
 # per item in the predictions file (a DVC output: no latency, which differs run to run)
-KEEP = ("verdict", "flagged", "verdicts", "is_parse_error", "reasoning")
+KEEP = ("verdict", "flagged", "verdicts", "scores", "is_parse_error", "reasoning")
 
 
 def split_suite(p: Params, test_path: str) -> dict:
@@ -104,7 +105,12 @@ def score(p: Params, suite: dict, results: dict[str, list[dict]]) -> dict:
     m = {name: compute(golds, r[name], pol) for name, _ in MODELS}
     tuned, base = m["finetuned"], m["baseline"]
     nb = p.baseline.exact_match
-    return {"task": suite["task"], **suite["report"],
+    extra = {}
+    if any("verdicts_as_written" in x for x in r["finetuned"]):  # the model decides by thresholds
+        written = [dict(x, verdicts=x["verdicts_as_written"], verdict=_aggregate(x["verdicts_as_written"]))
+                   for x in r["finetuned"]]
+        extra["finetuned_as_written"] = {k: compute(golds, written, pol)[k] for k in HEADLINE}
+    return {"task": suite["task"], **suite["report"], **extra,
             **{k: tuned[k] for k in HEADLINE},
             # 95% bootstrap intervals over items: how far a number could move on another draw of
             # as many items (a small test split moves a lot); the delta's is paired, same items
@@ -118,6 +124,12 @@ def score(p: Params, suite: dict, results: dict[str, list[dict]]) -> dict:
             "notebook_baseline_exact_match": nb, "finetuned": tuned, "baseline": base}
 
 
+def _aggregate(verdicts: dict) -> str | None:
+    """The item verdict from policy verdicts (guard.build_result's rule)."""
+    vs = verdicts.values()
+    return "UNSAFE" if "UNSAFE" in vs else (None if None in vs else "SAFE")
+
+
 def _predictions(suite: dict, results: dict[str, list[dict]]) -> list[dict]:
     out = []
     for k, it in enumerate(suite["items"]):
@@ -127,6 +139,17 @@ def _predictions(suite: dict, results: dict[str, list[dict]]) -> list[dict]:
                     "positive": it["positive"],
                     **{name: {f: results[name][suite["name"]][k][f] for f in KEEP} for name, _ in MODELS}})
     return out
+
+
+def _pr_curve(p: Params, suite: dict, results: dict, out: Path) -> bool:
+    """The fine-tuned model's precision-recall curve of the harmful score (metrics.pr_curve) as a
+    DVC linear plot; False (nothing written) without scores or without both classes."""
+    pts = pr_curve([it["gold"] for it in suite["items"]], results["finetuned"][suite["name"]], list(p.policies))
+    if pts is None:
+        return False
+    write_text(out, "recall,precision,threshold\n" + "".join(f"{x['recall']},{x['precision']},{x['threshold']}\n"
+                                                             for x in pts))
+    return True
 
 
 def _plots(p: Params, suite: dict, results: dict, m: dict, confusion: Path, f1: Path | None) -> None:
@@ -169,8 +192,10 @@ def evaluate(p: Params, test_path: str, adapter: str, metrics_out: str, predicti
                {"benchmarks": [b["name"] for b in benches], "files": "<name>.jsonl per evaluate.benchmarks entry"})
     plots = Path(plots_dir)
     _plots(p, suites[0], results, out, plots / "confusion.csv", plots / "per_policy_f1.csv")
+    if _pr_curve(p, suites[0], results, plots / "pr_curve.csv"):
+        plot_png.pr_curve(plots / "pr_curve.csv", plots / "pr_curve.png")
     pb = plots / "benchmarks"
-    for sub in ("confusion", "per_policy_f1", "images"):
+    for sub in ("confusion", "per_policy_f1", "images", "pr_curve"):
         (pb / sub).mkdir(parents=True, exist_ok=True)  # DVC plot folders, present even with no benchmarks
     for b in benches:
         name = b["name"]
@@ -182,6 +207,8 @@ def evaluate(p: Params, test_path: str, adapter: str, metrics_out: str, predicti
         plot_png.confusion(pb / "confusion" / f"{name}.csv", pb / "images" / f"{name}_confusion.png")
         if f1 is not None:
             plot_png.per_policy_f1(f1, pb / "images" / f"{name}_per_policy_f1.png")
+        if _pr_curve(p, b, results, pb / "pr_curve" / f"{name}.csv"):
+            plot_png.pr_curve(pb / "pr_curve" / f"{name}.csv", pb / "images" / f"{name}_pr_curve.png")
     return out
 
 
@@ -193,7 +220,9 @@ def headline(m: dict) -> dict:
     return {"exact_match": m["exact_match"], "harmful_f1": m["harmful_f1"],
             "parse_fail": m["parse_failure_rate"],
             "delta_vs_base": m["delta_vs_measured_baseline"]["exact_match"],
-            "delta_vs_notebook": m["delta_vs_notebook_baseline"]}
+            "delta_vs_notebook": m["delta_vs_notebook_baseline"],
+            # ranking quality of P(UNSAFE) (harmful = the largest policy score): independent of thresholds
+            "auroc": m.get("auroc"), "auprc": m.get("auprc")}
 
 
 def verdict(m: dict, notebook: float) -> str:

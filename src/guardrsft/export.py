@@ -22,7 +22,7 @@ from .config import Params
 from . import spec
 from .io import atomic_dir, write_metrics, write_text
 from .licensing import Licence, base_licence, hub_name_problem, licence_text, published_name, write_files
-from .models import load_tokenizer, resolve_base, save_merged
+from .models import is_full_model, load_tokenizer, resolve_base, save_merged
 
 # the Hub model each embedded base was converted from (for the card's `base_model`)
 EMBEDDED_UPSTREAM = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
@@ -49,14 +49,17 @@ def _upstream(p: Params) -> Optional[str]:
 
 # --------------------------------------------------------------------------- merge
 def merge(p: Params, adapter: str, out_dir: str) -> dict:
-    """Adapter + base -> plain safetensors in `export.dtype` (never 4-bit: the base is reloaded)."""
-    if not (Path(adapter) / "adapter_config.json").exists():
-        raise FileNotFoundError(f"{adapter}: no adapter_config.json; run train_rsft first (`dvc repro train_rsft`)")
+    """Adapter + base -> plain safetensors in `export.dtype` (never 4-bit: the base is reloaded);
+    a whole model (train.method full) is only converted to `export.dtype`."""
+    if not (Path(adapter) / "adapter_config.json").exists() and not is_full_model(adapter):
+        raise FileNotFoundError(f"{adapter}: no adapter_config.json (nor a whole model's config.json); run "
+                                "train_rsft first (`dvc repro train_rsft`)")
     import peft  # noqa: F401  (imported before the clock: `seconds` is the merge, not peft's import)
     t0 = time.time()
     with atomic_dir(out_dir) as tmp:
         save_merged(resolve_base(p.model), adapter, p.export.dtype, tmp)
-        spec.write(tmp, p)  # prompt, policies, decoding, verdict rule: read back by load_guard
+        # prompt, policies, decoding, verdict rule and the trained model's thresholds: read back by load_guard
+        spec.write(tmp, p, thresholds=spec.thresholds(adapter))
     size = sum(f.stat().st_size for f in Path(out_dir).glob("*.safetensors"))
     return {"dtype": p.export.dtype, "bytes": size, "seconds": round(time.time() - t0, 2)}
 

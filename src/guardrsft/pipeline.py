@@ -103,11 +103,21 @@ def _generate_traces(p: Params, prepared_dir: str, out_dir: str, metrics_out: st
     return metrics
 
 
-def train_rsft(p: Params, traces_path: str, adapter_out: str, metrics_out: str, plot_out: str) -> dict:
+def train_rsft(p: Params, traces_path: str, adapter_out: str, metrics_out: str, plot_out: str,
+               val_path: str | None = None) -> dict:
+    """val_path: the validation split evaluate.thresholds auto tunes on (guardrsft.calibrate)."""
     from .train import train
 
+    if p.evaluate.thresholds == "auto" and not val_path:
+        raise ParamsError(f"{p.source}: evaluate.thresholds is auto, which tunes on the validation split: pass its "
+                          "path (stages/train_rsft.py ... data/prepared/val.jsonl, as dvc.yaml does)")
     with stage_run(p, "train_rsft") as ml:
         res = train(p, traces_path, adapter_out, metrics_out, plot_out)
+        if p.evaluate.thresholds == "auto":
+            from .calibrate import calibrate
+
+            res["metrics"]["thresholds"] = calibrate(p, adapter_out, val_path)
+            write_metrics(metrics_out, res["metrics"])
         # the PNG beside the CSV, for offline users (dvc plots HTML needs a CDN)
         png = plots.loss_curve(plot_out, Path(plot_out).with_suffix(".png"))
         if ml is not None:

@@ -3,7 +3,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import write_params
+from conftest import ROOT, write_params
 from fixtures.tiny_model import build_tiny_model
 
 from guardrsft.config import ParamsError, load_params
@@ -158,3 +158,40 @@ def test_fixed_thresholds_load_and_are_written_into_the_description(tmp_path, pa
     p = load_params(write_params(tmp_path, ok))
     assert spec.describe(p)["verdict"]["thresholds"] == {"violence": 0.4, "illegal": 0.6}
     assert "thresholds" not in spec.describe(load_params(write_params(tmp_path, params_text)))["verdict"]
+
+
+def test_auto_thresholds_are_tuned_on_val_stored_with_the_model_and_applied(tmp_path, params, monkeypatch):
+    """calibrate: the model answers the validation split (canned answers, real teacher-forced
+    scores), thresholds are tuned and written into its guardrsft.json; load_guard then decides by them."""
+    from guardrsft import spec
+    from guardrsft.calibrate import calibrate
+    from guardrsft.guard import Guard
+    from guardrsft.io import write_jsonl
+
+    base = build_tiny_model(tmp_path / "base", adapter_dir=tmp_path / "adapter")
+    monkeypatch.setenv("GUARDRSFT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("GUARDRSFT_BASE_MODEL", base)
+    p = load_params(write_params(tmp_path, (ROOT / "params.yaml").read_text().replace(
+        "  thresholds: null\n", "  thresholds: auto\n", 1)))
+    spec.write(tmp_path / "adapter", p)
+    pol = list(p.policies)
+    rows = [{"id": str(i), "content": f"text {i} " + "x" * (i % 7), "labels": ["violence"] if i % 3 == 0 else []}
+            for i in range(24)]
+    write_jsonl(tmp_path / "val.jsonl", rows)
+
+    def canned(self, prompts, stream=None, sampling=None):  # every answer says UNSAFE for violence only
+        lines = "".join(f"{q}: {'UNSAFE' if q == 'violence' else 'SAFE'}\n" for q in pol)
+        return [f"Reasoning:\nchecked.\n{lines}Classification: UNSAFE"] * len(prompts), [9] * len(prompts)
+
+    monkeypatch.setattr(Guard, "_generate", canned)
+    rep = calibrate(p, str(tmp_path / "adapter"), str(tmp_path / "val.jsonl"))
+    thr = rep["thresholds"]
+    assert set(thr) == set(pol) and rep["objective"] == "exact_match" and rep["val_items"] == 24
+    assert rep["val_thresholded"]["exact_match"] >= rep["val_as_written"]["exact_match"]
+    assert json.loads((tmp_path / "adapter" / spec.FILE).read_text())["verdict"]["thresholds"] == thr
+    guard = load_guard(base, adapter=str(tmp_path / "adapter"), params=p)
+    assert guard.thresholds == thr
+    r = guard.classify([{"content": rows[0]["content"]}])[0]
+    assert r["verdicts_as_written"]["violence"] == "UNSAFE"
+    s = r["scores"]["violence"]
+    assert s is not None and r["verdicts"]["violence"] == ("UNSAFE" if s >= thr["violence"] else "SAFE")

@@ -379,7 +379,8 @@ class Guard:
         pol = list(self.p.policies) if joint else [None]
         got = score_answers(self.model, self.tok, prompts, [r["raw"] for r in rows], pol, batch_size=self.batch_size)
         for r, s, u in zip(rows, got, unit_of):
-            r["scores"] = s if joint else {u: s[None]}
+            # only the scores found (a missing policy reads as None): cache rows stay short
+            r["scores"] = {q: v for q, v in (s.items() if joint else [(u, s[None])]) if v is not None}
             r["scoring"] = SCORING
 
     def _unscored(self, keys: list[list[str]], texts: list[str], units_: list[str]) -> None:

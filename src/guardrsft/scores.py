@@ -23,7 +23,8 @@ from typing import Optional
 
 from .prompts import _VERDICT, _policy_line, strip_verdict
 
-VERSION = "teacher-forced/verdict-word-start/v1"  # in each cached score: a change recomputes
+# stored beside each cached answer's scores (short: the cache file is bounded); a change recomputes
+VERSION = "tf1"  # teacher-forced, at the first token of the verdict word
 
 
 def verdict_span(text: str, policy: Optional[str] = None) -> Optional[tuple[int, str]]:

@@ -195,3 +195,23 @@ def test_auto_thresholds_are_tuned_on_val_stored_with_the_model_and_applied(tmp_
     assert r["verdicts_as_written"]["violence"] == "UNSAFE"
     s = r["scores"]["violence"]
     assert s is not None and r["verdicts"]["violence"] == ("UNSAFE" if s >= thr["violence"] else "SAFE")
+
+
+def test_evaluate_writes_the_pr_curve_plot_files(tmp_path, params):
+    import csv
+
+    from guardrsft import plots
+    from guardrsft.evaluate import _pr_curve
+
+    scores, golds = _synthetic(seed=3, n=40)
+    suite = {"name": "test", "items": [{"gold": {"labels": sorted(g), "known": None, "harmful": None}} for g in golds]}
+    res = [build_result({"content": "x"}, dict.fromkeys(POL, "Classification: SAFE"), scores=s) for s in scores]
+    assert _pr_curve(params, suite, {"finetuned": {"test": res}}, tmp_path / "pr_curve.csv")
+    rows = list(csv.DictReader(open(tmp_path / "pr_curve.csv")))
+    want = pr_curve([sorted(g) for g in golds], res, list(params.policies))
+    assert [float(r["precision"]) for r in rows] == [x["precision"] for x in want] and float(rows[-1]["recall"]) == 0
+    assert plots.pr_curve(tmp_path / "pr_curve.csv", tmp_path / "pr.png").read_bytes()[:4] == b"\x89PNG"
+    # no scores (the vllm backend): no file, rather than an empty plot
+    bare = [dict(r, scores={}) for r in res]
+    assert not _pr_curve(params, suite, {"finetuned": {"test": bare}}, tmp_path / "none.csv")
+    assert not (tmp_path / "none.csv").exists()

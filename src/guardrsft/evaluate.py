@@ -220,9 +220,9 @@ def headline(m: dict) -> dict:
     return {"exact_match": m["exact_match"], "harmful_f1": m["harmful_f1"],
             "parse_fail": m["parse_failure_rate"],
             "delta_vs_base": m["delta_vs_measured_baseline"]["exact_match"],
-            "delta_vs_notebook": m["delta_vs_notebook_baseline"],
-            # ranking quality of P(UNSAFE) (harmful = the largest policy score): independent of thresholds
-            "auroc": m.get("auroc"), "auprc": m.get("auprc")}
+            "delta_vs_notebook": m["delta_vs_notebook_baseline"]}
+    # AUROC / AUPRC (per set and policy) are in the detail file and MLflow: one more key here
+    # would push `dvc metrics show` past 120 columns (128 with auroc; tests/test_graph.py)
 
 
 def verdict(m: dict, notebook: float) -> str:

@@ -215,3 +215,15 @@ def test_evaluate_writes_the_pr_curve_plot_files(tmp_path, params):
     bare = [dict(r, scores={}) for r in res]
     assert not _pr_curve(params, suite, {"finetuned": {"test": bare}}, tmp_path / "none.csv")
     assert not (tmp_path / "none.csv").exists()
+
+
+def test_auto_without_a_validation_path_is_refused_before_training(tmp_path, params_text):
+    from guardrsft.pipeline import train_rsft
+
+    p = load_params(write_params(tmp_path, params_text.replace("  thresholds: null\n", "  thresholds: auto\n", 1)))
+    with pytest.raises(ParamsError, match="data/prepared/val.jsonl"):
+        train_rsft(p, str(tmp_path / "missing.jsonl"), str(tmp_path / "a"), str(tmp_path / "t.json"), str(tmp_path / "l.csv"))
+    zero = params_text.replace("  thresholds: null\n", "  thresholds: auto\n", 1).replace(
+        "  val_fraction: 0.1", "  val_fraction: 0.0", 1)
+    with pytest.raises(ParamsError, match="prepare.val_fraction is 0"):
+        load_params(write_params(tmp_path, zero))

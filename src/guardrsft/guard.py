@@ -441,7 +441,7 @@ class Guard:
         if progress and cached and todo:
             print(f"  [classify] resuming: {cached}/{n_pairs} answers already in {self.cache_path}",
                   file=sys.stderr, flush=True)
-        self._unscored([[k for k in ks] for ks in keys], texts, us)
+        self._unscored(keys, texts, us)  # answers cached before scores get theirs (one forward pass)
         if on_batch:
             ready = [dict(self._result(items[i], policies, keys[i]), index=i)
                      for i in range(len(items)) if i not in missing]

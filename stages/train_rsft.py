@@ -4,8 +4,7 @@ With `train.distributed` ddp/fsdp/deepspeed_zero3 this script re-executes itself
 `accelerate launch` (src/guardrsft/distributed.py, docs/SCALE.md), so dvc.yaml's command is the
 same for one GPU and several. Rank 0 runs the stage (outputs, MLflow); the other ranks train only.
 
-Tested with: python stages/train_rsft.py data/traces/train.jsonl models/adapter metrics/train.json metrics/plots/train_loss.csv data/prepared/val.jsonl
-(the validation split: evaluate.thresholds auto tunes the verdict thresholds on it)
+Tested with: python stages/train_rsft.py data/traces/train.jsonl models/adapter metrics/train.json metrics/plots/train_loss.csv
 """
 import os
 import sys
@@ -17,7 +16,7 @@ from guardrsft.errors import run_stage
 
 def main() -> None:
     p = load_params("params.yaml")
-    args = sys.argv[1:6]
+    args = sys.argv[1:5]
     if distributed.needs_launch(p):
         distributed.relaunch(p, os.path.abspath(__file__), args)  # does not return
     if distributed.is_main():
@@ -27,7 +26,7 @@ def main() -> None:
     else:
         from guardrsft.train import train
 
-        train(p, *args[:4])
+        train(p, *args)
 
 
 if __name__ == "__main__":

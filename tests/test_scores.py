@@ -151,50 +151,62 @@ def test_threshold_params_are_validated(tmp_path, params_text, thresholds, objec
         load_params(write_params(tmp_path, vllm))
 
 
-def test_fixed_thresholds_load_and_are_written_into_the_description(tmp_path, params_text):
+def test_fixed_thresholds_are_applied_to_the_fine_tuned_results_only(tmp_path, params_text):
     from guardrsft import spec
+    from guardrsft.evaluate import _thresholds
 
     ok = params_text.replace("  thresholds: null\n", "  thresholds: {violence: 0.4, illegal: 0.6}\n", 1)
     p = load_params(write_params(tmp_path, ok))
-    assert spec.describe(p)["verdict"]["thresholds"] == {"violence": 0.4, "illegal": 0.6}
-    assert "thresholds" not in spec.describe(load_params(write_params(tmp_path, params_text)))["verdict"]
+    res = [build_result({"content": "x"}, dict.fromkeys(POL, ANSWER), joint=True, scores={"violence": 0.35, "illegal": 0.65})]
+    results = {"finetuned": {"test": res}, "baseline": {"test": list(res)}}
+    assert _thresholds(p, None, results) == {"objective": None, "values": {"violence": 0.4, "illegal": 0.6}}
+    assert results["finetuned"]["test"][0]["verdicts"] == {"violence": "SAFE", "illegal": "UNSAFE"}
+    assert results["finetuned"]["test"][0]["verdicts_as_written"] == {"violence": "UNSAFE", "illegal": "SAFE"}
+    assert results["baseline"]["test"][0] is res[0]  # the zero-shot base keeps its written verdicts
+    # training does not read them: the adapter's description has none (export writes what evaluate applied)
+    assert "thresholds" not in spec.describe(p)["verdict"]
 
 
-def test_auto_thresholds_are_tuned_on_val_stored_with_the_model_and_applied(tmp_path, params, monkeypatch):
-    """calibrate: the model answers the validation split (canned answers, real teacher-forced
-    scores), thresholds are tuned and written into its guardrsft.json; load_guard then decides by them."""
+def test_auto_thresholds_are_tuned_on_val_applied_by_evaluate_and_exported(tmp_path, monkeypatch):
+    """evaluate with thresholds auto: the fine-tuned model also answers the validation split
+    (canned answers, real teacher-forced scores), thresholds are tuned there and applied to the
+    test split; export writes them into the merged model, whose guard then decides by them."""
     from guardrsft import spec
-    from guardrsft.calibrate import calibrate
+    from guardrsft.evaluate import evaluate
+    from guardrsft.export import merge
     from guardrsft.guard import Guard
-    from guardrsft.io import write_jsonl
+    from guardrsft.io import read_jsonl, write_jsonl
 
     base = build_tiny_model(tmp_path / "base", adapter_dir=tmp_path / "adapter")
     monkeypatch.setenv("GUARDRSFT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("GUARDRSFT_BASE_MODEL", base)
     p = load_params(write_params(tmp_path, (ROOT / "params.yaml").read_text().replace(
         "  thresholds: null\n", "  thresholds: auto\n", 1)))
-    spec.write(tmp_path / "adapter", p)
     pol = list(p.policies)
-    rows = [{"id": str(i), "content": f"text {i} " + "x" * (i % 7), "labels": ["violence"] if i % 3 == 0 else []}
-            for i in range(24)]
-    write_jsonl(tmp_path / "val.jsonl", rows)
+    for name, n in (("val", 18), ("test", 9)):
+        write_jsonl(tmp_path / f"{name}.jsonl", [{"id": f"{name}{i}", "content": f"{name} text {i} " + "x" * (i % 7),
+                                                  "labels": ["violence"] if i % 3 == 0 else []} for i in range(n)])
 
     def canned(self, prompts, stream=None, sampling=None):  # every answer says UNSAFE for violence only
         lines = "".join(f"{q}: {'UNSAFE' if q == 'violence' else 'SAFE'}\n" for q in pol)
         return [f"Reasoning:\nchecked.\n{lines}Classification: UNSAFE"] * len(prompts), [9] * len(prompts)
 
     monkeypatch.setattr(Guard, "_generate", canned)
-    rep = calibrate(p, str(tmp_path / "adapter"), str(tmp_path / "val.jsonl"))
-    thr = rep["thresholds"]
-    assert set(thr) == set(pol) and rep["objective"] == "exact_match" and rep["val_items"] == 24
+    out = evaluate(p, str(tmp_path / "test.jsonl"), str(tmp_path / "adapter"), str(tmp_path / "detail.json"),
+                   str(tmp_path / "pred/test.jsonl"), str(tmp_path / "plots"), val_path=str(tmp_path / "val.jsonl"))
+    rep = out["thresholds"]
+    thr = rep["values"]
+    assert set(thr) == set(pol) and rep["objective"] == "exact_match" and rep["val_items"] == 18
     assert rep["val_thresholded"]["exact_match"] >= rep["val_as_written"]["exact_match"]
-    assert json.loads((tmp_path / "adapter" / spec.FILE).read_text())["verdict"]["thresholds"] == thr
-    guard = load_guard(base, adapter=str(tmp_path / "adapter"), params=p)
-    assert guard.thresholds == thr
-    r = guard.classify([{"content": rows[0]["content"]}])[0]
-    assert r["verdicts_as_written"]["violence"] == "UNSAFE"
-    s = r["scores"]["violence"]
-    assert s is not None and r["verdicts"]["violence"] == ("UNSAFE" if s >= thr["violence"] else "SAFE")
+    assert "finetuned_as_written" in out and out["finetuned"]["samples"] == 9  # val answers are not test's
+    for r in read_jsonl(tmp_path / "pred/test.jsonl"):
+        s = r["finetuned"]["scores"]["violence"]
+        assert s is not None and r["finetuned"]["verdicts"]["violence"] == ("UNSAFE" if s >= thr["violence"] else "SAFE")
+        assert r["baseline"]["verdicts"]["violence"] == "UNSAFE"  # the zero-shot base: as written
+    assert (tmp_path / "plots/pr_curve.csv").exists() and (tmp_path / "plots/pr_curve.png").exists()
+    merge(p, str(tmp_path / "adapter"), str(tmp_path / "merged"), thresholds=thr)
+    assert spec.thresholds(tmp_path / "merged") == thr
+    assert load_guard(str(tmp_path / "merged"), params=p).thresholds == thr
 
 
 def test_evaluate_writes_the_pr_curve_plot_files(tmp_path, params):
@@ -217,12 +229,12 @@ def test_evaluate_writes_the_pr_curve_plot_files(tmp_path, params):
     assert not (tmp_path / "none.csv").exists()
 
 
-def test_auto_without_a_validation_path_is_refused_before_training(tmp_path, params_text):
-    from guardrsft.pipeline import train_rsft
+def test_auto_without_a_validation_path_is_refused_before_evaluating(tmp_path, params_text):
+    from guardrsft.pipeline import evaluate
 
     p = load_params(write_params(tmp_path, params_text.replace("  thresholds: null\n", "  thresholds: auto\n", 1)))
     with pytest.raises(ParamsError, match="data/prepared/val.jsonl"):
-        train_rsft(p, str(tmp_path / "missing.jsonl"), str(tmp_path / "a"), str(tmp_path / "t.json"), str(tmp_path / "l.csv"))
+        evaluate(p, *(str(tmp_path / f) for f in ("test.jsonl", "adapter", "d.json", "p.jsonl", "plots")))
     zero = params_text.replace("  thresholds: null\n", "  thresholds: auto\n", 1).replace(
         "  val_fraction: 0.1", "  val_fraction: 0.0", 1)
     with pytest.raises(ParamsError, match="prepare.val_fraction is 0"):

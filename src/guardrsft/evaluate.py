@@ -21,6 +21,7 @@ from pathlib import Path
 
 from . import plots as plot_png
 from .benchmarks import load_selected
+from .calibrate import calibrate, rethreshold, val_suite
 from .config import Params
 from .data import subsample
 from .guard import ContextError, load_guard
@@ -75,6 +76,18 @@ def _classify(p: Params, suites: list[dict], adapter: str | None, label: str) ->
         out[s["name"]] = results[at:at + len(s["items"])]
         at += len(s["items"])
     return out, stats
+
+
+def _thresholds(p: Params, val: dict | None, results: dict) -> dict | None:
+    """evaluate.thresholds: tuned on the validation answers (auto) or fixed; applied to the
+    fine-tuned model's results on every set, in place. None: the verdicts as written."""
+    t = p.evaluate.thresholds
+    if t is None or (t == "auto" and val is None):
+        return None
+    rep = calibrate(p, val, results["finetuned"].pop("val")) if t == "auto" else {"objective": None, "values": dict(t)}
+    pol, joint = list(p.policies), p.prompt.mode == "joint"
+    results["finetuned"] = {k: rethreshold(v, rep["values"], joint, pol) for k, v in results["finetuned"].items()}
+    return rep
 
 
 def _where(suites: list[dict], indices: list[int], show: int = 5) -> str:
@@ -168,20 +181,28 @@ def _plots(p: Params, suite: dict, results: dict, m: dict, confusion: Path, f1: 
         write_text(f1, "\n".join(rows) + "\n")
 
 
-def evaluate(p: Params, test_path: str, adapter: str, metrics_out: str, predictions_out: str, plots_dir: str) -> dict:
+def evaluate(p: Params, test_path: str, adapter: str, metrics_out: str, predictions_out: str, plots_dir: str,
+             val_path: str | None = None) -> dict:
+    """val_path: the validation split, answered by the fine-tuned model only when
+    evaluate.thresholds is auto (guardrsft.calibrate)."""
     benches = load_selected(p)  # a bad path or label fails here, before minutes of model loading
     suites = [split_suite(p, test_path)] + benches
+    val = val_suite(val_path) if p.evaluate.thresholds == "auto" and val_path else None
     results, speed = {}, {}
     for name, label in reversed(MODELS):  # the baseline first, as before
         t0 = time.time()
-        results[name], stats = _classify(p, suites, adapter if name == "finetuned" else None, label)
+        tuned_on = [val] if val is not None and name == "finetuned" else []
+        results[name], stats = _classify(p, suites + tuned_on, adapter if name == "finetuned" else None, label)
         speed[name] = {**stats, "wall_seconds_with_load": round(time.time() - t0, 1)}
+    thresholds = _thresholds(p, val, results)
 
     scored = {s["name"]: score(p, s, results) for s in suites}
     out = scored["test"]
     for k in ("task", "path", "items", "positive"):
         out.pop(k, None)
     out["speed"] = speed
+    if thresholds:
+        out["thresholds"] = thresholds  # export writes `values` into the merged model's guardrsft.json
     if benches:
         out["benchmarks"] = {b["name"]: scored[b["name"]] for b in benches}
     write_metrics(metrics_out, out)  # `speed` goes to metrics/timings/

@@ -48,7 +48,7 @@ def _upstream(p: Params) -> Optional[str]:
 
 
 # --------------------------------------------------------------------------- merge
-def merge(p: Params, adapter: str, out_dir: str) -> dict:
+def merge(p: Params, adapter: str, out_dir: str, thresholds: Optional[dict] = None) -> dict:
     """Adapter + base -> plain safetensors in `export.dtype` (never 4-bit: the base is reloaded);
     a whole model (train.method full) is only converted to `export.dtype`."""
     if not (Path(adapter) / "adapter_config.json").exists() and not is_full_model(adapter):
@@ -58,8 +58,8 @@ def merge(p: Params, adapter: str, out_dir: str) -> dict:
     t0 = time.time()
     with atomic_dir(out_dir) as tmp:
         save_merged(resolve_base(p.model), adapter, p.export.dtype, tmp)
-        # prompt, policies, decoding, verdict rule and the trained model's thresholds: read back by load_guard
-        spec.write(tmp, p, thresholds=spec.thresholds(adapter))
+        # prompt, policies, decoding, verdict rule and the thresholds evaluate applied: read back by load_guard
+        spec.write(tmp, p, thresholds=thresholds or spec.thresholds(adapter))
     size = sum(f.stat().st_size for f in Path(out_dir).glob("*.safetensors"))
     return {"dtype": p.export.dtype, "bytes": size, "seconds": round(time.time() - t0, 2)}
 
@@ -327,7 +327,10 @@ def export(p: Params, adapter: str, out_dir: str, eval_metrics_path: Optional[st
     which, adapter, eval_metrics_path, why = choose_adapter(p, adapter, hsdpo_adapter, eval_metrics_path,
                                                             hsdpo_eval_path)
     _log(f"exporting the {'HS-DPO' if which == 'hsdpo' else 'R-SFT'} adapter {adapter} ({why})")
-    report: dict = {"adapter": {"which": which, "path": str(adapter), "why": why}, "merged": merge(p, adapter, out_dir)}
+    # the verdict thresholds evaluate applied to this adapter (evaluate.thresholds), if any
+    thresholds = ((_read(eval_metrics_path) or {}).get("thresholds") or {}).get("values")
+    report: dict = {"adapter": {"which": which, "path": str(adapter), "why": why},
+                    "merged": merge(p, adapter, out_dir, thresholds=thresholds)}
     _log(f"merged model -> {out_dir} ({report['merged']['bytes'] / 2**20:.0f} MB {p.export.dtype})")
     report["licence"] = {"id": lic.id, "source": lic.source, "name": published_name(p, lic),
                          "files": write_files(lic, p.model, out_dir)}

@@ -21,9 +21,9 @@ FILE = "guardrsft.json"
 
 def describe(p: Params, thresholds: Optional[dict] = None) -> dict:
     """What a trained model needs to be used as trained (written into its folder). thresholds:
-    tuned ones (evaluate.thresholds auto); else a fixed mapping in params is the model's."""
-    fixed = p.evaluate.thresholds if isinstance(p.evaluate.thresholds, dict) else None
-    t = thresholds if thresholds is not None else fixed
+    the verdict thresholds evaluate applied (export passes them; params are not read here, so
+    training does not depend on evaluate.*)."""
+    t = thresholds
     return {
         "format": FORMAT, "base_model": p.model, "preset": p.preset,
         "prompt": dataclasses.asdict(p.prompt), "policies": dict(p.policies),

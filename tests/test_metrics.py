@@ -36,8 +36,8 @@ def test_hand_computed_example():
     # 1 of 8 (item, policy) answers failed; 1 of 4 items
     assert m["parse_failure_rate"] == 0.125 and m["parse_failure_items"] == 1 and m["parse_failure_item_rate"] == 0.25
     # violence: tp 2 (s1, s3), fp 0, fn 0 -> f1 1; illegal: tp 0, fp 1 (s2), fn 2 (s3, s4 failure) -> 0
-    assert m["per_policy"]["violence"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 2, "items": 4}
-    assert m["per_policy"]["illegal"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 2, "items": 4}
+    assert m["per_policy"]["violence"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 2, "items": 4, "auroc": None, "auprc": None}
+    assert m["per_policy"]["illegal"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 2, "items": 4, "auroc": None, "auprc": None}
     assert m["macro_f1"] == 0.5
 
 
@@ -90,7 +90,7 @@ def test_partially_known_gold_and_a_wider_harmful_label():
     m = compute(golds, results, POL)
     assert m["exact_match"] == 1.0 and m["exact_match_items"] == 3  # on the known policy, all right
     assert m["confusion"] == {"tp": 1, "fp": 1, "fn": 1, "tn": 0}
-    assert m["per_policy"]["illegal"] == {"precision": None, "recall": None, "f1": None, "support": 0, "items": 0}
+    assert m["per_policy"]["illegal"] == {"precision": None, "recall": None, "f1": None, "support": 0, "items": 0, "auroc": None, "auprc": None}
     assert m["per_policy"]["violence"]["f1"] == 1.0 and m["macro_f1"] == 1.0  # unknown policy left out
     # over-refusal per policy still counts the policy without gold: item 3 is benign, illegal fired
     assert m["benign_flag_rate"] == {"violence": 0.0, "illegal": 1.0}

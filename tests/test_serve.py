@@ -97,8 +97,11 @@ def test_openai_client_against_the_server(tiny_model, params, monkeypatch):
         r = client.moderations.create(model="omni-moderation-latest", input=["how do I kill a process", "hello"])
         assert r.model == "tiny-guard" and len(r.results) == 2
         assert r.results[0].flagged and r.results[0].categories.violence and not r.results[0].categories.illicit
-        assert r.results[0].category_scores.violence == 1.0 and r.results[0].categories.sexual is False
-        assert not r.results[1].flagged and r.results[1].category_scores.violence == 0.0
+        # category scores are the guard's P(UNSAFE) at its verdict word (the random tiny model: near 0.5)
+        s0, s1 = r.results[0].category_scores.violence, r.results[1].category_scores.violence
+        assert 0 < s0 < 1 and 0 < s1 < 1 and r.results[0].categories.sexual is False
+        assert s0 == guard.classify([{"content": "how do I kill a process"}])[0]["scores"]["violence"]
+        assert not r.results[1].flagged
         assert client.moderations.create(input="kill").results[0].flagged
         assert [m.id for m in client.models.list()] == ["tiny-guard"]
         _, _, full = call(srv.url, "/v1/classify", {"input": [{"content": "kill", "response": "no"}],
@@ -182,8 +185,13 @@ def test_each_bad_input_gets_its_status(tiny_model, params, blocked):
             assert first.result()[0] == 504 and "--timeout" in first.result()[2]["error"]["message"]
             assert waiting.result()[0] == 504
         blocked.set()
-        # too long for the model's 1,024-token context: refused before generation
-        s, _, msg = status({"input": "z " * 990})
+        # too long for the model's 1,024-token context: refused before generation (once the worker
+        # has drained the queue: the released answers are scored by a model forward pass first)
+        for _ in range(100):
+            s, _, msg = status({"input": "z " * 990})
+            if s != 503:
+                break
+            time.sleep(0.1)
         assert s == 413 and "context" in msg
         # after SIGTERM (make_server's handler sets it) a request on an open connection is refused
         app.state.draining = True

@@ -178,6 +178,9 @@ class TrainParams:
     batch_size: Optional[int] = None
     grad_accum: Optional[int] = None
     max_length: Optional[int] = None
+    # lora: a LoRA adapter on the frozen base; full: every weight trained (no peft), the stage's
+    # output is a whole model folder (GuardReasoner's recipe; a 135M base fits many times on a GPU)
+    method: str = "lora"
     lora_r: int = 16
     lora_alpha: int = 16
     lora_dropout: float = 0.0
@@ -233,6 +236,11 @@ class EvaluateParams:
     processes: Optional[int] = None  # items sharded over this many processes (null: one per visible GPU)
     backend: str = "auto"  # auto: the slot engine on CUDA, transformers on CPU | vllm (greedy; guardrsft.vllm_backend)
     benchmarks: list = field(default_factory=list)  # names from benchmark_sets to evaluate too
+    # per-policy decision thresholds on P(UNSAFE) at the verdict word (guardrsft.scores):
+    # null: the verdict as written | auto: tuned on the validation split after train_rsft |
+    # {policy: float}: fixed. Stored in the model's guardrsft.json; verdict = score >= threshold
+    thresholds: Any = None
+    threshold_objective: str = "exact_match"  # what auto maximizes on val: exact_match | f1 (per policy)
     benchmark_sets: dict[str, BenchmarkParams] = field(default_factory=dict)
 
 
@@ -548,6 +556,13 @@ def _check_ranges(p: Params) -> None:
     for k in ("batch_size", "grad_accum", "max_length"):
         v = getattr(t, k)
         need(v is None or v > 0, f"train.{k}", "must be null (preset) or > 0")
+    need(t.method in TRAIN_METHODS, "train.method", f"must be lora (an adapter) or full (every weight), "
+         f"got {t.method!r}")
+    need(t.method != "full" or not p.hw["load_in_4bit"], "train.method",
+         f"is full, but preset `{p.preset}` loads the base in 4 bits (QLoRA), which cannot be trained whole: "
+         "set train.method: lora, or a preset that loads 16-bit weights (cpu, a100)")
+    need(t.method != "full" or not p.hsdpo_enabled, "train.method",
+         "is full, but HS-DPO trains a LoRA adapter on top of R-SFT's: set hsdpo.enabled: false or train.method: lora")
     need(t.lora_r > 0 and t.lora_alpha > 0, "train.lora_r/lora_alpha", "must be > 0")
     need(0 <= t.lora_dropout < 1, "train.lora_dropout", "must be in [0, 1)")
     need(t.lora_layers is None or t.lora_layers > 0, "train.lora_layers", "must be null (every layer) or > 0")
@@ -592,6 +607,7 @@ def _check_ranges(p: Params) -> None:
     need(e.max_new_tokens is None or e.max_new_tokens > 0, "evaluate.max_new_tokens", "must be null or > 0")
     need(e.backend in ("auto", "vllm"), "evaluate.backend",
          f"must be auto (the slot engine on CUDA, transformers on CPU) or vllm (got {e.backend!r})")
+    _check_thresholds(p, need)
     _check_benchmarks(p, need)
     from .sources import check_declaration  # here, not at the top: sources imports this module
 
@@ -617,6 +633,31 @@ def _check_ranges(p: Params) -> None:
     need(not x.push_to_hub or bool(re.fullmatch(r"[\w.-]+/[\w.-]+", x.hub_repo or "")), "export.hub_repo",
          f"must be `owner/name` when export.push_to_hub is true, got {x.hub_repo!r}")
     need(0 <= p.baseline.exact_match <= 1, "baseline.exact_match", "must be in [0, 1]")
+
+
+THRESHOLD_OBJECTIVES = ("exact_match", "f1")
+TRAIN_METHODS = ("lora", "full")
+
+
+def _check_thresholds(p: Params, need) -> None:
+    e = p.evaluate
+    t = e.thresholds
+    need(e.threshold_objective in THRESHOLD_OBJECTIVES, "evaluate.threshold_objective",
+         f"must be exact_match (the flagged set) or f1 (each policy's own), got {e.threshold_objective!r}")
+    need(t is None or t == "auto" or isinstance(t, dict), "evaluate.thresholds",
+         f"must be null (the verdict as written), auto (tuned on the validation split) or a mapping "
+         f"{{policy: threshold}}, got {t!r}")
+    if isinstance(t, dict):
+        unknown = sorted(set(t) - set(p.policies))
+        need(not unknown, "evaluate.thresholds", f"names policies not in `policies`: {unknown}; "
+             f"use ids of {', '.join(p.policies)}")
+        for q, v in t.items():
+            need(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1, f"evaluate.thresholds.{q}",
+                 f"must be a number in [0, 1] (P(UNSAFE) at or above it flags), got {v!r}")
+    need(t is None or e.backend != "vllm", "evaluate.thresholds",
+         "needs verdict scores, which the vllm backend does not give: set evaluate.backend: auto or thresholds: null")
+    need(t != "auto" or p.prepare.val_fraction > 0, "evaluate.thresholds",
+         "is auto, which tunes on the validation split, but prepare.val_fraction is 0: raise it (e.g. 0.1)")
 
 
 def _check_benchmarks(p: Params, need) -> None:

@@ -21,18 +21,20 @@ from pathlib import Path
 
 from . import plots as plot_png
 from .benchmarks import load_selected
+from .calibrate import calibrate, rethreshold, val_suite
 from .config import Params
 from .data import subsample
 from .guard import ContextError, load_guard
 from .io import read_jsonl, write_json, write_jsonl, write_metrics, write_text
-from .metrics import bootstrap_ci, compute
+from .metrics import bootstrap_ci, compute, pr_curve
 from .models import cache_dir
 from .shard import resolve_processes
 
-HEADLINE = ("exact_match", "binary_accuracy", "harmful_f1", "macro_f1", "benign_fpr", "parse_failure_rate")
+HEADLINE = ("exact_match", "binary_accuracy", "harmful_f1", "macro_f1", "benign_fpr", "parse_failure_rate",
+            "auroc", "auprc")
 MODELS = (("finetuned", "fine-tuned (R-SFT adapter)"), ("baseline", "zero-shot base model"))
 # per item in the predictions file (a DVC output: no latency, which differs run to run)
-KEEP = ("verdict", "flagged", "verdicts", "is_parse_error", "reasoning")
+KEEP = ("verdict", "flagged", "verdicts", "scores", "is_parse_error", "reasoning")
 
 
 def split_suite(p: Params, test_path: str) -> dict:
@@ -76,6 +78,18 @@ def _classify(p: Params, suites: list[dict], adapter: str | None, label: str) ->
     return out, stats
 
 
+def _thresholds(p: Params, val: dict | None, results: dict) -> dict | None:
+    """evaluate.thresholds: tuned on the validation answers (auto) or fixed; applied to the
+    fine-tuned model's results on every set, in place. None: the verdicts as written."""
+    t = p.evaluate.thresholds
+    if t is None or (t == "auto" and val is None):
+        return None
+    rep = calibrate(p, val, results["finetuned"].pop("val")) if t == "auto" else {"objective": None, "values": dict(t)}
+    pol, joint = list(p.policies), p.prompt.mode == "joint"
+    results["finetuned"] = {k: rethreshold(v, rep["values"], joint, pol) for k, v in results["finetuned"].items()}
+    return rep
+
+
 def _where(suites: list[dict], indices: list[int], show: int = 5) -> str:
     """Items of the concatenated suites, by set, file and id."""
     flat = [(s, it) for s in suites for it in s["items"]]
@@ -104,7 +118,12 @@ def score(p: Params, suite: dict, results: dict[str, list[dict]]) -> dict:
     m = {name: compute(golds, r[name], pol) for name, _ in MODELS}
     tuned, base = m["finetuned"], m["baseline"]
     nb = p.baseline.exact_match
-    return {"task": suite["task"], **suite["report"],
+    extra = {}
+    if any("verdicts_as_written" in x for x in r["finetuned"]):  # the model decides by thresholds
+        written = [dict(x, verdicts=x["verdicts_as_written"], verdict=_aggregate(x["verdicts_as_written"]))
+                   for x in r["finetuned"]]
+        extra["finetuned_as_written"] = {k: compute(golds, written, pol)[k] for k in HEADLINE}
+    return {"task": suite["task"], **suite["report"], **extra,
             **{k: tuned[k] for k in HEADLINE},
             # 95% bootstrap intervals over items: how far a number could move on another draw of
             # as many items (a small test split moves a lot); the delta's is paired, same items
@@ -118,6 +137,12 @@ def score(p: Params, suite: dict, results: dict[str, list[dict]]) -> dict:
             "notebook_baseline_exact_match": nb, "finetuned": tuned, "baseline": base}
 
 
+def _aggregate(verdicts: dict) -> str | None:
+    """The item verdict from policy verdicts (guard.build_result's rule)."""
+    vs = verdicts.values()
+    return "UNSAFE" if "UNSAFE" in vs else (None if None in vs else "SAFE")
+
+
 def _predictions(suite: dict, results: dict[str, list[dict]]) -> list[dict]:
     out = []
     for k, it in enumerate(suite["items"]):
@@ -127,6 +152,17 @@ def _predictions(suite: dict, results: dict[str, list[dict]]) -> list[dict]:
                     "positive": it["positive"],
                     **{name: {f: results[name][suite["name"]][k][f] for f in KEEP} for name, _ in MODELS}})
     return out
+
+
+def _pr_curve(p: Params, suite: dict, results: dict, out: Path) -> bool:
+    """The fine-tuned model's precision-recall curve of the harmful score (metrics.pr_curve) as a
+    DVC linear plot; False (nothing written) without scores or without both classes."""
+    pts = pr_curve([it["gold"] for it in suite["items"]], results["finetuned"][suite["name"]], list(p.policies))
+    if pts is None:
+        return False
+    write_text(out, "recall,precision,threshold\n" + "".join(f"{x['recall']},{x['precision']},{x['threshold']}\n"
+                                                             for x in pts))
+    return True
 
 
 def _plots(p: Params, suite: dict, results: dict, m: dict, confusion: Path, f1: Path | None) -> None:
@@ -145,20 +181,28 @@ def _plots(p: Params, suite: dict, results: dict, m: dict, confusion: Path, f1: 
         write_text(f1, "\n".join(rows) + "\n")
 
 
-def evaluate(p: Params, test_path: str, adapter: str, metrics_out: str, predictions_out: str, plots_dir: str) -> dict:
+def evaluate(p: Params, test_path: str, adapter: str, metrics_out: str, predictions_out: str, plots_dir: str,
+             val_path: str | None = None) -> dict:
+    """val_path: the validation split, answered by the fine-tuned model only when
+    evaluate.thresholds is auto (guardrsft.calibrate)."""
     benches = load_selected(p)  # a bad path or label fails here, before minutes of model loading
     suites = [split_suite(p, test_path)] + benches
+    val = val_suite(val_path) if p.evaluate.thresholds == "auto" and val_path else None
     results, speed = {}, {}
     for name, label in reversed(MODELS):  # the baseline first, as before
         t0 = time.time()
-        results[name], stats = _classify(p, suites, adapter if name == "finetuned" else None, label)
+        tuned_on = [val] if val is not None and name == "finetuned" else []
+        results[name], stats = _classify(p, suites + tuned_on, adapter if name == "finetuned" else None, label)
         speed[name] = {**stats, "wall_seconds_with_load": round(time.time() - t0, 1)}
+    thresholds = _thresholds(p, val, results)
 
     scored = {s["name"]: score(p, s, results) for s in suites}
     out = scored["test"]
     for k in ("task", "path", "items", "positive"):
         out.pop(k, None)
     out["speed"] = speed
+    if thresholds:
+        out["thresholds"] = thresholds  # export writes `values` into the merged model's guardrsft.json
     if benches:
         out["benchmarks"] = {b["name"]: scored[b["name"]] for b in benches}
     write_metrics(metrics_out, out)  # `speed` goes to metrics/timings/
@@ -169,8 +213,10 @@ def evaluate(p: Params, test_path: str, adapter: str, metrics_out: str, predicti
                {"benchmarks": [b["name"] for b in benches], "files": "<name>.jsonl per evaluate.benchmarks entry"})
     plots = Path(plots_dir)
     _plots(p, suites[0], results, out, plots / "confusion.csv", plots / "per_policy_f1.csv")
+    if _pr_curve(p, suites[0], results, plots / "pr_curve.csv"):
+        plot_png.pr_curve(plots / "pr_curve.csv", plots / "pr_curve.png")
     pb = plots / "benchmarks"
-    for sub in ("confusion", "per_policy_f1", "images"):
+    for sub in ("confusion", "per_policy_f1", "images", "pr_curve"):
         (pb / sub).mkdir(parents=True, exist_ok=True)  # DVC plot folders, present even with no benchmarks
     for b in benches:
         name = b["name"]
@@ -182,6 +228,8 @@ def evaluate(p: Params, test_path: str, adapter: str, metrics_out: str, predicti
         plot_png.confusion(pb / "confusion" / f"{name}.csv", pb / "images" / f"{name}_confusion.png")
         if f1 is not None:
             plot_png.per_policy_f1(f1, pb / "images" / f"{name}_per_policy_f1.png")
+        if _pr_curve(p, b, results, pb / "pr_curve" / f"{name}.csv"):
+            plot_png.pr_curve(pb / "pr_curve" / f"{name}.csv", pb / "images" / f"{name}_pr_curve.png")
     return out
 
 
@@ -194,6 +242,8 @@ def headline(m: dict) -> dict:
             "parse_fail": m["parse_failure_rate"],
             "delta_vs_base": m["delta_vs_measured_baseline"]["exact_match"],
             "delta_vs_notebook": m["delta_vs_notebook_baseline"]}
+    # AUROC / AUPRC (per set and policy) are in the detail file and MLflow: one more key here
+    # would push `dvc metrics show` past 120 columns (128 with auroc; tests/test_graph.py)
 
 
 def verdict(m: dict, notebook: float) -> str:

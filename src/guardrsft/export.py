@@ -22,7 +22,7 @@ from .config import Params
 from . import spec
 from .io import atomic_dir, write_metrics, write_text
 from .licensing import Licence, base_licence, hub_name_problem, licence_text, published_name, write_files
-from .models import load_tokenizer, resolve_base, save_merged
+from .models import is_full_model, load_tokenizer, resolve_base, save_merged
 
 # the Hub model each embedded base was converted from (for the card's `base_model`)
 EMBEDDED_UPSTREAM = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
@@ -48,15 +48,18 @@ def _upstream(p: Params) -> Optional[str]:
 
 
 # --------------------------------------------------------------------------- merge
-def merge(p: Params, adapter: str, out_dir: str) -> dict:
-    """Adapter + base -> plain safetensors in `export.dtype` (never 4-bit: the base is reloaded)."""
-    if not (Path(adapter) / "adapter_config.json").exists():
-        raise FileNotFoundError(f"{adapter}: no adapter_config.json; run train_rsft first (`dvc repro train_rsft`)")
+def merge(p: Params, adapter: str, out_dir: str, thresholds: Optional[dict] = None) -> dict:
+    """Adapter + base -> plain safetensors in `export.dtype` (never 4-bit: the base is reloaded);
+    a whole model (train.method full) is only converted to `export.dtype`."""
+    if not (Path(adapter) / "adapter_config.json").exists() and not is_full_model(adapter):
+        raise FileNotFoundError(f"{adapter}: no adapter_config.json (nor a whole model's config.json); run "
+                                "train_rsft first (`dvc repro train_rsft`)")
     import peft  # noqa: F401  (imported before the clock: `seconds` is the merge, not peft's import)
     t0 = time.time()
     with atomic_dir(out_dir) as tmp:
         save_merged(resolve_base(p.model), adapter, p.export.dtype, tmp)
-        spec.write(tmp, p)  # prompt, policies, decoding, verdict rule: read back by load_guard
+        # prompt, policies, decoding, verdict rule and the thresholds evaluate applied: read back by load_guard
+        spec.write(tmp, p, thresholds=thresholds or spec.thresholds(adapter))
     size = sum(f.stat().st_size for f in Path(out_dir).glob("*.safetensors"))
     return {"dtype": p.export.dtype, "bytes": size, "seconds": round(time.time() - t0, 2)}
 
@@ -339,7 +342,10 @@ def export(p: Params, adapter: str, out_dir: str, eval_metrics_path: Optional[st
     which, adapter, eval_metrics_path, why = choose_adapter(p, adapter, hsdpo_adapter, eval_metrics_path,
                                                             hsdpo_eval_path)
     _log(f"exporting the {'HS-DPO' if which == 'hsdpo' else 'R-SFT'} adapter {adapter} ({why})")
-    report: dict = {"adapter": {"which": which, "path": str(adapter), "why": why}, "merged": merge(p, adapter, out_dir)}
+    # the verdict thresholds evaluate applied to this adapter (evaluate.thresholds), if any
+    thresholds = ((_read(eval_metrics_path) or {}).get("thresholds") or {}).get("values")
+    report: dict = {"adapter": {"which": which, "path": str(adapter), "why": why},
+                    "merged": merge(p, adapter, out_dir, thresholds=thresholds)}
     _log(f"merged model -> {out_dir} ({report['merged']['bytes'] / 2**20:.0f} MB {p.export.dtype})")
     report["licence"] = {"id": lic.id, "source": lic.source, "name": published_name(p, lic),
                          "files": write_files(lic, p.model, out_dir)}

@@ -38,9 +38,13 @@ from typing import Callable, Optional
 
 from .config import Params
 from .io import append_cache, read_jsonl_tolerant
-from .models import ModelError, check_device, load_model, load_tokenizer, resolve_base, tokenizer_source
+from .models import (ModelError, check_device, is_full_model, load_model, load_tokenizer, resolve_base,
+                     tokenizer_source)
 from .prompts import JOINT, fill, parse_verdict, reasoning_of, unit_messages, units, verdict_complete
 from .sampling import pick, seed32
+from .scores import VERSION as SCORING
+from .scores import apply as apply_thresholds
+from .scores import score_answers
 
 # Greedy decoding and the stop rule (prompts.verdict_complete): an answer cut by an older rule
 # ("Classification: SAFE o" under v1) is not reused.
@@ -87,18 +91,24 @@ def check_items(items: list[dict]) -> None:
 
 
 def build_result(item: dict, raw: dict[str, str], seconds: float = 0.0, new_tokens: int = 0,
-                 joint: bool = False, listed: Optional[list[str]] = None) -> dict:
+                 joint: bool = False, listed: Optional[list[str]] = None, scores: Optional[dict] = None,
+                 thresholds: Optional[dict] = None) -> dict:
     """One item's result from its per-policy completions (the model's new text only); joint: each
     policy's entry of `raw` is the one joint answer, read at that policy's verdict line. `listed`:
     every policy the joint answer has a line for (default: raw's), cut from the reasoning even
-    when only some were asked for."""
-    verdicts = {q: parse_verdict(t, q if joint else None) for q, t in raw.items()}
+    when only some were asked for. scores: P(UNSAFE) per policy (guardrsft.scores; None: no
+    parsable verdict); thresholds: the model's, verdict = score >= threshold (the written
+    verdicts are kept in `verdicts_as_written`)."""
+    written = {q: parse_verdict(t, q if joint else None) for q, t in raw.items()}
+    scores = {q: (scores or {}).get(q) for q in raw}
+    verdicts = apply_thresholds(scores, thresholds, written) if thresholds else written
     cut = (listed or list(raw)) if joint else ()
     errors = [q for q, v in verdicts.items() if v is None]
     flagged = [q for q, v in verdicts.items() if v == "UNSAFE"]
     return {
         "content": item["content"], "response": item.get("response"),
-        "verdicts": verdicts, "reasoning": {q: reasoning_of(t, cut) for q, t in raw.items()},
+        "verdicts": verdicts, "scores": scores, **({"verdicts_as_written": written} if thresholds else {}),
+        "reasoning": {q: reasoning_of(t, cut) for q, t in raw.items()},
         "raw": dict(raw),
         "flagged": flagged, "parse_errors": errors, "is_parse_error": bool(errors),
         # any UNSAFE decides; otherwise one unparsed policy leaves the aggregate unknown
@@ -153,8 +163,10 @@ def _fingerprint(path: Optional[str]) -> str:
 
 class Guard:
     def __init__(self, model, tokenizer, params: Params, fingerprint: str,
-                 max_new_tokens: int, batch_size: int, cache_path: Optional[str] = None, engine=None):
+                 max_new_tokens: int, batch_size: int, cache_path: Optional[str] = None, engine=None,
+                 thresholds: Optional[dict] = None):
         self.model, self.tok, self.p, self.engine = model, tokenizer, params, engine
+        self.thresholds = thresholds  # the model's own (guardrsft.json); None: verdicts as written
         self.fingerprint, self.max_new_tokens, self.batch_size = fingerprint, max_new_tokens, batch_size
         self.cache_path = cache_path
         # "static": fastgen's compiled static-cache decoding (GPU); "plain": transformers' generate;
@@ -352,9 +364,44 @@ class Guard:
         rows = [self.cache[k] for k in keys]
         joint = self.p.prompt.mode == "joint"
         raw = {q: rows[0]["raw"] for q in policies} if joint else {q: r["raw"] for q, r in zip(policies, rows)}
+        sc = [r.get("scores") or {} for r in rows]
+        scores = {q: sc[0].get(q) for q in policies} if joint else {q: s.get(q) for q, s in zip(policies, sc)}
         return build_result(item, raw, seconds=sum(r.get("seconds", 0.0) for r in rows),
                             new_tokens=sum(r.get("new_tokens", 0) for r in rows), joint=joint,
-                            listed=list(self.p.policies))
+                            listed=list(self.p.policies), scores=scores, thresholds=self.thresholds)
+
+    def _score_rows(self, rows: list[dict], prompts: list[list[int]], unit_of: list[str]) -> None:
+        """Adds `scores` ({policy: P(UNSAFE) or None}, guardrsft.scores) to answer rows in place;
+        nothing without a transformers model (the vllm backend: scores stay absent, None)."""
+        if self.model is None or not rows:
+            return
+        joint = self.p.prompt.mode == "joint"
+        pol = list(self.p.policies) if joint else [None]
+        got = score_answers(self.model, self.tok, prompts, [r["raw"] for r in rows], pol, batch_size=self.batch_size)
+        for r, s, u in zip(rows, got, unit_of):
+            # only the scores found (a missing policy reads as None): cache rows stay short
+            r["scores"] = {q: v for q, v in (s.items() if joint else [(u, s[None])]) if v is not None}
+            r["scoring"] = SCORING
+
+    def _unscored(self, keys: list[list[str]], texts: list[str], units_: list[str]) -> None:
+        """Cached answers from before scores (or another scoring version): scored now, saved."""
+        if self.model is None:
+            return
+        todo, seen = [], set()
+        for i, ks in enumerate(keys):
+            for u, k in zip(units_, ks):
+                r = self.cache.get(k)
+                if r is not None and r.get("scoring") != SCORING and k not in seen:
+                    seen.add(k)
+                    todo.append((i, u, k))
+        if not todo:
+            return
+        rows = [dict(self.cache[k]) for _, _, k in todo]
+        self._score_rows(rows, self._prompt_ids_many([(texts[i], u) for i, u, _ in todo]), [u for _, u, _ in todo])
+        for r in rows:
+            self.cache[r["key"]] = r
+        if self.cache_path:
+            append_cache(self.cache_path, rows)
 
     # ------------------------------------------------------------------ API
     def classify(self, items: list[dict], policies: Optional[list[str]] = None,
@@ -394,6 +441,7 @@ class Guard:
         if progress and cached and todo:
             print(f"  [classify] resuming: {cached}/{n_pairs} answers already in {self.cache_path}",
                   file=sys.stderr, flush=True)
+        self._unscored(keys, texts, us)  # answers cached before scores get theirs (one forward pass)
         if on_batch:
             ready = [dict(self._result(items[i], policies, keys[i]), index=i)
                      for i in range(len(items)) if i not in missing]
@@ -411,6 +459,7 @@ class Guard:
             batches += 1
             rows = [{"key": k, "raw": t, "seconds": round(dt / len(chunk), 4), "new_tokens": n}
                     for (_, _, k), t, n in zip(chunk, outs, counts)]
+            self._score_rows(rows, [ids[k] for _, _, k in chunk], [q for _, q, _ in chunk])
             for r in rows:
                 self.cache[r["key"]] = r
             if self.cache_path:
@@ -526,7 +575,8 @@ def load_guard(base: str, adapter: Optional[str] = None, params: Optional[Params
                max_new_tokens: Optional[int] = None, batch_size: Optional[int] = None,
                cache_path: Optional[str] = None, merge: bool = True, backend: Optional[str] = None,
                strict: bool = False) -> Guard:
-    """base: `embedded:NAME`, a Hub id or a local HF folder; adapter: a PEFT folder or None;
+    """base: `embedded:NAME`, a Hub id or a local HF folder; adapter: a PEFT folder, a whole model
+    trained by train.method full (used in place of the base), or None;
     backend: params' evaluate.backend when None (auto: the slot engine on CUDA, else transformers;
     vllm: guardrsft.vllm_backend). A model folder's own guardrsft.json (guardrsft.spec: prompt,
     policies, answer budget) wins over params; strict: a difference is an error instead of a note."""
@@ -536,13 +586,20 @@ def load_guard(base: str, adapter: Optional[str] = None, params: Optional[Params
     p = params or load_params()
     own = adapter or (base if Path(base).is_dir() else None)
     p = spec.apply(p, own, strict=strict)
+    thresholds = spec.thresholds(own)
     backend = backend or p.evaluate.backend
     if backend not in ("auto", "vllm"):
         raise ValueError(f"load_guard: backend must be auto or vllm (got {backend!r})")
+    if thresholds and backend == "vllm":
+        raise ValueError(f"{Path(own) / spec.FILE}: the model decides by verdict thresholds, which need scores the "
+                         "vllm backend does not give: load it with backend='auto' (evaluate.backend: auto)")
     check_device(p.hw["device"], p.preset)
     path = resolve_base(base)
     kw = dict(fingerprint=f"{_fingerprint(path)}:{_fingerprint(adapter)}", cache_path=cache_path,
-              max_new_tokens=max_new_tokens or p.max_new_tokens, batch_size=batch_size or p.eval_batch_size)
+              max_new_tokens=max_new_tokens or p.max_new_tokens, batch_size=batch_size or p.eval_batch_size,
+              thresholds=thresholds)
+    if adapter and is_full_model(adapter):  # train.method full: the folder is the whole model, no merge
+        path, adapter = adapter, None
     if backend == "vllm":
         from .vllm_backend import VllmEngine, merged_folder, require_vllm
 

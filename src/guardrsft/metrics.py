@@ -134,6 +134,10 @@ def compute(golds: list, results: list[dict], policies: list[str]) -> dict:
                                 "items": support_items}
     scored = [v["f1"] for v in out["per_policy"].values() if v["f1"] is not None]
     out["macro_f1"] = round(sum(scored) / len(scored), 4) if scored else None
+    rank = ranking(golds, results, policies)
+    out["auroc"], out["auprc"] = rank["auroc"], rank["auprc"]
+    for q, v in rank["per_policy"].items():
+        out["per_policy"][q].update(v)
     lat = [r["latency_s"] for r in results if "latency_s" in r]
     if lat:
         # per-answer generation time as recorded when generated (a cached answer keeps its own)
@@ -189,3 +193,57 @@ def bootstrap_ci(golds: list, results: list[dict], policies: list[str], other: O
         b = _boot_values(_scan(golds, other, policies), idx)
         a = {k: None if a[k] is None or b[k] is None else a[k] - b[k] for k in CI_METRICS}
     return {k: _interval(a[k], level) for k in CI_METRICS}
+
+
+# ------------------------------------------------------------------ ranking (verdict scores)
+def item_score(res: dict, policies: list[str]) -> Optional[float]:
+    """An item's harmful score: the largest P(UNSAFE) of its policies (any UNSAFE decides), or
+    None when no policy has one."""
+    got = [v for q in policies if (v := (res.get("scores") or {}).get(q)) is not None]
+    return max(got) if got else None
+
+
+def _auc(y: list[bool], s: list[Optional[float]]) -> dict:
+    """AUROC and AUPRC (average precision) with scikit-learn; a missing score (no parsable
+    verdict) is the wrong extreme (0 for a positive, 1 for a negative), as a parse failure is
+    the wrong answer elsewhere. None when one class is absent."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    if not y or all(y) or not any(y):
+        return {"auroc": None, "auprc": None}
+    filled = [float(not g) if v is None else v for g, v in zip(y, s)]
+    return {"auroc": round(float(roc_auc_score(y, filled)), 4),
+            "auprc": round(float(average_precision_score(y, filled)), 4)}
+
+
+def ranking(golds: list, results: list[dict], policies: list[str]) -> dict:
+    """AUROC / AUPRC of the verdict scores (guardrsft.scores): item-level harmful (item_score)
+    and per policy over the items with that policy's gold. None without scores (results from
+    before scores, the vllm backend)."""
+    none = {"auroc": None, "auprc": None}
+    if not any(any(v is not None for v in (r.get("scores") or {}).values()) for r in results):
+        return {**none, "per_policy": {q: dict(none) for q in policies}}
+    gs = [normalize_gold(g, policies) for g in golds]
+    out = _auc([g["harmful"] for g in gs], [item_score(r, policies) for r in results])
+    out["per_policy"] = {}
+    for q in policies:
+        idx = [i for i, g in enumerate(gs) if q in g["known"]]
+        out["per_policy"][q] = _auc([q in gs[i]["labels"] for i in idx],
+                                    [(results[i].get("scores") or {}).get(q) for i in idx])
+    return out
+
+
+def pr_curve(golds: list, results: list[dict], policies: list[str]) -> Optional[list[dict]]:
+    """Precision-recall points of the harmful item score ({recall, precision, threshold}), or
+    None without scores or without both classes."""
+    from sklearn.metrics import precision_recall_curve
+
+    gs = [normalize_gold(g, policies)["harmful"] for g in golds]
+    s = [item_score(r, policies) for r in results]
+    if all(v is None for v in s) or all(gs) or not any(gs):
+        return None
+    prec, rec, thr = precision_recall_curve(gs, [float(not g) if v is None else v for g, v in zip(gs, s)])
+    # sklearn's last point (recall 0, precision 1) has no threshold
+    return [{"recall": round(float(r), 4), "precision": round(float(p), 4),
+             "threshold": round(float(thr[i]), 6) if i < len(thr) else ""}
+            for i, (p, r) in enumerate(zip(prec, rec))]

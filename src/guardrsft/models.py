@@ -134,15 +134,24 @@ def tokenizer_source(adapter: str | None, base: str) -> str:
     return adapter if adapter and (Path(adapter) / "tokenizer_config.json").exists() else base
 
 
+def is_full_model(folder: str | Path | None) -> bool:
+    """A whole model folder (train.method full) rather than a PEFT adapter."""
+    return bool(folder) and (Path(folder) / "config.json").exists() and not (Path(folder) / "adapter_config.json").exists()
+
+
 def save_merged(base: str, adapter: str, dtype: str, dest: Path) -> None:
-    """The adapter merged into the base (loaded in `dtype`, never 4-bit) and its tokenizer,
+    """The adapter merged into the base (loaded in `dtype`, never 4-bit) and its tokenizer (a whole
+    model from train.method full: that model in `dtype`),
     written to dest as a plain model folder (export's models/merged, the vllm backend's copy).
     PEFT computes each delta in fp32 on CPU, so merging straight into a 16-bit copy loses nothing."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype(dtype))
-    model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    if is_full_model(adapter):  # train.method full: nothing to merge, the weights in `dtype`
+        model = AutoModelForCausalLM.from_pretrained(adapter, dtype=torch_dtype(dtype))
+    else:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype(dtype))
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     model.save_pretrained(dest, safe_serialization=True)
     load_tokenizer(tokenizer_source(adapter, base)).save_pretrained(dest)
 

@@ -145,13 +145,17 @@ def train_rsft(p: Params, traces_path: str, adapter_out: str, metrics_out: str, 
 
 
 def evaluate(p: Params, test_path: str, adapter: str, metrics_out: str, predictions_out: str, plots_dir: str,
-             headline_out: str | None = None) -> dict:
+             headline_out: str | None = None, val_path: str | None = None) -> dict:
     """metrics_out: every figure (metrics/eval_detail.json); headline_out: the few DVC shows
-    (metrics/eval.json, evaluate.headline). The last line printed says who beat whom."""
+    (metrics/eval.json, evaluate.headline); val_path: the validation split evaluate.thresholds
+    auto tunes on. The last line printed says who beat whom."""
     from .evaluate import benchmark_summary, evaluate as run_eval, headline, verdict
 
+    if p.evaluate.thresholds == "auto" and not val_path:
+        raise ParamsError(f"{p.source}: evaluate.thresholds is auto, which tunes on the validation split: pass its "
+                          "path (stages/evaluate.py ... data/prepared/val.jsonl, as dvc.yaml does)")
     with stage_run(p, "evaluate") as ml:
-        m = run_eval(p, test_path, adapter, metrics_out, predictions_out, plots_dir)
+        m = run_eval(p, test_path, adapter, metrics_out, predictions_out, plots_dir, val_path=val_path)
         if headline_out:
             write_json(headline_out, headline(m))
         plots.render_eval(plots_dir)  # confusion.png, per_policy_f1.png beside the CSVs

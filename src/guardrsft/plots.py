@@ -91,6 +91,20 @@ def per_policy_f1(csv_path, png_path) -> Path:
     return _save(fig, png_path)
 
 
+def pr_curve(csv_path, png_path) -> Path:
+    """Precision against recall of the fine-tuned model's harmful score (evaluate's pr_curve CSV)."""
+    from matplotlib.figure import Figure
+
+    rows = _rows(csv_path)
+    fig = Figure(figsize=(5, 4))
+    ax = fig.add_subplot()
+    ax.plot([float(r["recall"]) for r in rows], [float(r["precision"]) for r in rows], drawstyle="steps-post")
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision",
+           title="precision-recall (harmful, max P(UNSAFE))")
+    ax.grid(alpha=0.3)
+    return _save(fig, png_path)
+
+
 def render_eval(plots_dir) -> list[Path]:
     """confusion.png and per_policy_f1.png beside evaluate's CSVs."""
     d = Path(plots_dir)

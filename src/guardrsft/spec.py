@@ -19,8 +19,11 @@ FORMAT = "guardrsft-model/1"
 FILE = "guardrsft.json"
 
 
-def describe(p: Params) -> dict:
-    """What a trained model needs to be used as trained (written into its folder)."""
+def describe(p: Params, thresholds: Optional[dict] = None) -> dict:
+    """What a trained model needs to be used as trained (written into its folder). thresholds:
+    the verdict thresholds evaluate applied (export passes them; params are not read here, so
+    training does not depend on evaluate.*)."""
+    t = thresholds
     return {
         "format": FORMAT, "base_model": p.model, "preset": p.preset,
         "prompt": dataclasses.asdict(p.prompt), "policies": dict(p.policies),
@@ -28,12 +31,28 @@ def describe(p: Params) -> dict:
         # greedy; an answer stops after its `Classification:` line (prompts.verdict_complete)
         "decoding": {"greedy": True, "max_new_tokens": p.max_new_tokens},
         "verdict": {"mode": p.prompt.mode, "final_line": "Classification: SAFE|UNSAFE",
-                    "policy_lines": "<policy>: SAFE|UNSAFE" if p.prompt.mode == "joint" else None},
+                    "policy_lines": "<policy>: SAFE|UNSAFE" if p.prompt.mode == "joint" else None,
+                    # UNSAFE when P(UNSAFE) at the verdict word >= the policy's threshold (guardrsft.scores)
+                    **({"thresholds": {q: float(v) for q, v in t.items()}} if t else {})},
     }
 
 
-def write(folder: str | Path, p: Params) -> None:
-    (Path(folder) / FILE).write_text(json.dumps(describe(p), indent=2) + "\n")
+def write(folder: str | Path, p: Params, thresholds: Optional[dict] = None) -> None:
+    (Path(folder) / FILE).write_text(json.dumps(describe(p, thresholds), indent=2) + "\n")
+
+
+def thresholds(folder: Optional[str | Path]) -> Optional[dict]:
+    """The model's verdict thresholds {policy: float in [0, 1]}, or None (verdicts as written)."""
+    d = read(folder)
+    t = ((d or {}).get("verdict") or {}).get("thresholds")
+    if t is None:
+        return None
+    ok = isinstance(t, dict) and all(q in d["policies"] and isinstance(v, (int, float)) and not isinstance(v, bool)
+                                     and 0 <= v <= 1 for q, v in t.items())
+    if not ok:
+        raise ValueError(f"{Path(folder) / FILE}: verdict.thresholds must map the model's policies to numbers in "
+                         f"[0, 1], got {t!r}; fix the file or retrain (`dvc repro train_rsft`)")
+    return {q: float(v) for q, v in t.items()}
 
 
 def read(folder: Optional[str | Path]) -> Optional[dict]:

@@ -1,4 +1,6 @@
-"""train_rsft: reasoning SFT with TRL's SFTTrainer + a PEFT LoRA adapter.
+"""train_rsft: reasoning SFT with TRL's SFTTrainer + a PEFT LoRA adapter (train.method lora), or
+of every weight (train.method full: the output folder holds a whole model, which load_guard,
+evaluate and export use in place of base + adapter).
 
 Loss covers the assistant turn only (TRL's prompt-completion masking), and every
 batch is checked to contain supervised tokens. Checkpoints live in the cache,
@@ -142,11 +144,12 @@ def base_param_count(model) -> int:
     return sum(t.numel() for t in model.parameters())
 
 
-def mfu(tokens_per_s: float, n_params: int) -> float | None:
+def mfu(tokens_per_s: float, n_params: int, full: bool = False) -> float | None:
     """Model FLOPs utilisation with the LoRA convention: 4·N FLOPs per token (forward 2N,
-    backward through the frozen weights 2N, no weight gradients); attention not counted."""
+    backward through the frozen weights 2N, no weight gradients); full training adds the weight
+    gradients (6·N); attention not counted."""
     peak = peak_flops()
-    return None if not peak else 4 * n_params * tokens_per_s / peak
+    return None if not peak else (6 if full else 4) * n_params * tokens_per_s / peak
 
 
 def liger_enabled(p: Params) -> bool:
@@ -331,6 +334,8 @@ def stable_adapter_config(folder: Path) -> None:
     """PEFT writes target_modules from a set, in the order of this process's string hashes:
     sorted, two runs of the same training write the same adapter_config.json."""
     f = Path(folder) / "adapter_config.json"
+    if not f.exists():  # train.method full: a whole model, no adapter config
+        return
     cfg = json.loads(f.read_text())
     if isinstance(cfg.get("target_modules"), list):
         cfg["target_modules"] = sorted(cfg["target_modules"])
@@ -347,7 +352,12 @@ def _save_adapter(trainer, tok, p: Params, adapter_out: str, sharded: bool) -> N
     if not sharded:
         if dist.is_main():
             with atomic_dir(adapter_out) as tmp:
-                trainer.model.save_pretrained(tmp)
+                if p.train.method == "full":  # the whole model (trained in fp32), in the preset's dtype
+                    from .models import torch_dtype
+
+                    trainer.model.to(torch_dtype(p.hw["dtype"])).save_pretrained(tmp, safe_serialization=True)
+                else:
+                    trainer.model.save_pretrained(tmp)
                 stable_adapter_config(tmp)
                 tok.save_pretrained(tmp)
                 (tmp / "guardrsft.json").write_text(meta)
@@ -431,14 +441,20 @@ def train(p: Params, traces_path: str, adapter_out: str, metrics_out: str, plot_
     hw, extra = process_setup(p, world)
     sharded = p.train.distributed in ("fsdp", "deepspeed_zero3") and world > 1
     cfg = sft_config(p, str(ckpt), **extra)
-    model = load_model(base, hw, for_training=True, gradient_checkpointing=p.gradient_checkpointing)
+    full = p.train.method == "full"
+    # full: fp32 master weights under bf16/fp16 autocast (the fp16 grad scaler refuses fp16
+    # weights, and pure-bf16 AdamW updates round away); saved in the preset's dtype
+    model = load_model(base, dict(hw, dtype="float32") if full else hw, for_training=True,
+                       gradient_checkpointing=p.gradient_checkpointing)
     n_layers = model.config.num_hidden_layers
     top = min(p.lora_layers or n_layers, n_layers)
-    lora = LoraConfig(r=p.train.lora_r, lora_alpha=p.train.lora_alpha, lora_dropout=p.train.lora_dropout,
-                      target_modules=list(p.train.target_modules), task_type="CAUSAL_LM", bias="none",
-                      layers_to_transform=list(range(n_layers - top, n_layers)) if top < n_layers else None)
+    lora = None if full else LoraConfig(
+        r=p.train.lora_r, lora_alpha=p.train.lora_alpha, lora_dropout=p.train.lora_dropout,
+        target_modules=list(p.train.target_modules), task_type="CAUSAL_LM", bias="none",
+        layers_to_transform=list(range(n_layers - top, n_layers)) if top < n_layers else None)
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, peft_config=lora)
-    fp32_adapter(trainer.model)
+    if not full:
+        fp32_adapter(trainer.model)
     n_params = base_param_count(trainer.model)
     trainer.data_collator = counter = MaskCheckCollator(trainer.data_collator)
     trainer.add_callback(throughput_callback(plan["global_batch"], plan["grad_accum"], n_params, counter, world))
@@ -461,7 +477,7 @@ def train(p: Params, traces_path: str, adapter_out: str, metrics_out: str, plot_
     # tokens (prompt + completion, no padding) trained by all processes, over the wall time
     tokens = global_sum(counter.tokens)
     tps = tokens / max(wall, 1e-9)
-    util = mfu(tps / world, n_params)
+    util = mfu(tps / world, n_params, full=full)
     metrics = {
         "final_loss": hist[-1]["loss"] if hist else None,
         "train_loss": out.training_loss, "steps": trainer.state.global_step,
@@ -476,7 +492,7 @@ def train(p: Params, traces_path: str, adapter_out: str, metrics_out: str, plot_
         "resumed": bool(last), "resumed_from_step": start_step, "device": p.hw["device"], "base_model": p.model,
         "distributed": p.train.distributed if world > 1 else "none", "processes": world,
         "global_batch": plan["global_batch"], "grad_accum_per_process": plan["grad_accum"],
-        "balance": balance_stats,
+        "balance": balance_stats, "method": p.train.method,
     }
     if main:
         # speed and memory go to metrics/timings/ (io.write_metrics): the tracked files of two runs

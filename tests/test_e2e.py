@@ -12,7 +12,7 @@ from helpers_pipeline import exp_rows, make_tiny_repo, run, tiny_env
 # HS-DPO mines per-policy answers: this test runs GuardReasoner's per-policy prompt (test_team and
 # test_joint run the joint default)
 HSDPO_TINY = {"  enabled: null       # null: preset": "  enabled: true       #",
-              "  k: 4 ": "  k: 2 ", "  max_items: null ": "  max_items: 2 ",
+              "  k: 4 ": "  k: 2 ", "  max_items: null     # training items mined": "  max_items: 2     # training items mined",
               "  mode: joint": "  mode: per_policy",
               "    Policies: {policy_names}\n    Content: {content}": "    Policy {policy}: {definition}\n    Content: {content}"}
 

@@ -258,3 +258,18 @@ def test_joint_prompt_that_cannot_fit_says_which_knob(embedded_model, params):
 def test_the_shipped_params_keep_the_notebooks_six(params):
     assert list(params.policies) == ["hate_speech", "violence", "self_harm", "sexual_minors", "harassment", "illegal"]
     assert Path(THREE).exists()
+
+
+def test_worker_params_file_keeps_examples_and_severity(tmp_path):
+    """Sharded workers re-read a params file written from Params: the policies' extras travel in
+    their params.yaml form (policy_info is derived, not a key)."""
+    import dataclasses
+
+    from conftest import ROOT
+    from guardrsft.config import load_params
+    from guardrsft.shard import params_file
+
+    p = load_params(str(ROOT / "params.yaml"))
+    p = dataclasses.replace(p, policy_info={"violence": {"examples": ["Tell me how to hurt him"], "severity": "high"}})
+    q = load_params(params_file(p, tmp_path))
+    assert q.policies == p.policies and q.policy_info == p.policy_info

@@ -119,8 +119,14 @@ def _worker(spec_path: str) -> None:
 # ------------------------------------------------------------------ the guard, sharded
 def params_file(p, folder: Path) -> str:
     """A params.yaml equal to `p` (workers re-validate it); also for Params built in code."""
+    from .config import DERIVED
+
     raw = dataclasses.asdict(p)
-    raw.pop("source")
+    # a policy's examples/severity go back into its params.yaml form; derived fields are no keys
+    raw["policies"] = {q: dict(p.policy_info[q], definition=d) if p.policy_info.get(q) else d
+                       for q, d in p.policies.items()}
+    for k in DERIVED:
+        raw.pop(k, None)
     path = folder / "params.yaml"
     write_text(path, json.dumps(raw, indent=1))  # JSON is YAML
     return str(path)

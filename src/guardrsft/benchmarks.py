@@ -205,10 +205,9 @@ def from_table(path: Path, name: str, spec: BenchmarkParams, policies: list[str]
 
 # ------------------------------------------------------------------ selection
 def resolve_path(p: Params, name: str, path: str) -> Path:
-    from .tracking import repo_root
+    from .tracking import repo_path
 
-    q = Path(path).expanduser()
-    full = q if q.is_absolute() else repo_root() / q
+    full = repo_path(path)
     if not full.exists():
         raise ParamsError(f"{p.source}: `evaluate.benchmark_sets.{name}.path` is {path!r}, which does not exist "
                           f"({full}). Fix the path in {p.source}, or remove {name!r} from `evaluate.benchmarks` "

@@ -101,10 +101,9 @@ def check_declaration(p: Params) -> None:
 
 
 def _local(p: Params, i: int, path: str) -> Path:
-    from .tracking import repo_root
+    from .tracking import repo_path
 
-    q = Path(path).expanduser()
-    full = q if q.is_absolute() else repo_root() / q
+    full = repo_path(path)
     if not full.exists():
         raise ParamsError(f"{p.source}: `data.sources[{i}].path` is {path!r}, which does not exist ({full}). "
                           f"Fix the path in {p.source} (relative paths start at the repository root) or use "
@@ -115,15 +114,14 @@ def _local(p: Params, i: int, path: str) -> Path:
 def fingerprint(p: Params) -> dict:
     """What check_params records for build_data: each local source's md5 (so DVC reruns the stage
     when a file outside the repo changes) or its Hub id and revision."""
-    from .tracking import repo_root
+    from .tracking import repo_path
 
     out = {}
     for s in p.data.sources:
         if s.hub:
             out[s.name] = f"hub {s.hub} {s.config or ''} {s.split} @{s.revision or 'unpinned'}"
             continue
-        q = Path(s.path).expanduser()
-        full = q if q.is_absolute() else repo_root() / q
+        full = repo_path(s.path)
         files = sorted(f for f in full.rglob("*") if f.is_file()) if full.is_dir() else [full]
         h = hashlib.md5()
         for f in files:

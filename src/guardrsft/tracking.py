@@ -72,6 +72,12 @@ def repo_root() -> Path:
         return Path.cwd()
 
 
+def repo_path(path: str) -> Path:
+    """A params path: `~` expanded, a relative one anchored at the repository root."""
+    q = Path(path).expanduser()
+    return q if q.is_absolute() else repo_root() / q
+
+
 def tracking_uri(p: Params) -> str:
     return p.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
         f"sqlite:///{repo_root() / 'mlflow.db'}"

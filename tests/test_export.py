@@ -496,3 +496,24 @@ def test_llama_names_notes_and_hub_repo(params, tmp_path, monkeypatch):
     monkeypatch.setenv("GUARDRSFT_BASE_MODEL", "someone/some-model")  # unknown: said, not guessed
     card = model_card(params, None)
     assert "\nlicense:" not in card and "The base model's licence is unknown to guardrsft" in card
+
+
+def test_gguf_vocab_accepts_the_byte_level_decoder_transformers_writes_from_gguf(tmp_path):
+    """transformers 5.x, converting a GGUF to a HF folder (the GPU machine's base model), writes the
+    decoder Sequence[ByteFallback, Fuse, Replace, ByteLevel] for the same byte-level vocabulary: the
+    export reads the same tokens as from a plain ByteLevel decoder; a sentencepiece decoder is refused."""
+    from tokenizers import decoders
+
+    from guardrsft.gguf_export import ExportError, _vocab
+
+    tok = make_tokenizer(tmp_path / "plain", CHATML)
+    want = _vocab(tmp_path / "plain", len(tok))
+    tok.backend_tokenizer.decoder = decoders.Sequence([
+        decoders.ByteFallback(), decoders.Fuse(), decoders.Replace("\u2581", " "), decoders.ByteLevel()])
+    tok.save_pretrained(tmp_path / "seq")
+    assert json.loads((tmp_path / "seq/tokenizer.json").read_text())["decoder"]["type"] == "Sequence"
+    assert _vocab(tmp_path / "seq", len(tok))[0] == want[0]
+    tok.backend_tokenizer.decoder = decoders.Metaspace()
+    tok.save_pretrained(tmp_path / "sp")
+    with pytest.raises(ExportError, match="byte-level BPE"):
+        _vocab(tmp_path / "sp", len(tok))

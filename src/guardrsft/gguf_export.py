@@ -92,13 +92,20 @@ def pre_tokenizer_name(tokenizer_json: dict) -> Optional[str]:
     return None
 
 
+def _byte_level(step: dict | None) -> bool:
+    """A ByteLevel decoder, alone or inside a Sequence: transformers' GGUF converter (5.x) writes
+    Sequence[ByteFallback, Fuse, Replace, ByteLevel] for the same byte-level vocabulary."""
+    step = step or {}
+    return step.get("type") == "ByteLevel" or any(_byte_level(d) for d in step.get("decoders") or [])
+
+
 def _vocab(model_dir: Path, n_vocab: int):
     """Tokens by id (byte-level spelling, as llama.cpp's `gpt2` model wants), their types, and BOS/EOS flags."""
     import gguf
     from transformers import AutoTokenizer
 
     tj = json.loads((model_dir / "tokenizer.json").read_text()) if (model_dir / "tokenizer.json").exists() else {}
-    if (tj.get("model") or {}).get("type") != "BPE" or (tj.get("decoder") or {}).get("type") != "ByteLevel":
+    if (tj.get("model") or {}).get("type") != "BPE" or not _byte_level(tj.get("decoder")):
         raise ExportError(f"{model_dir}: GGUF export needs a byte-level BPE tokenizer.json (SmolLM2, Llama 3); "
                           "convert sentencepiece models (Llama 2) with llama.cpp's convert_hf_to_gguf.py")
     tok = AutoTokenizer.from_pretrained(model_dir)

@@ -1,6 +1,7 @@
 """`guardrsft serve` on a tiny random model: the real `openai` client against the server on
-127.0.0.1, concurrent clients answered as sequential calls are (shared batches), each bad input
-with its status code, and a real SIGTERM that lets the request in flight finish."""
+127.0.0.1, concurrent clients answered as sequential calls are (each text alone by default on the
+CPU; shared padded batches when --max-batch allows), each bad input with its status code, and a
+real SIGTERM that lets the request in flight finish."""
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ import pytest
 from conftest import ROOT, per_policy_text
 from fixtures.tiny_model import build_tiny_model
 from guardrsft.guard import Guard, build_result, load_guard
-from guardrsft.serve import BackgroundServer, Limits, create_app, moderation
+from guardrsft.serve import BackgroundServer, Limits, create_app, full, moderation
 
 NEW_TOKENS = 8
 POL = ["violence", "illegal"]
@@ -118,11 +119,13 @@ def test_openai_client_against_the_server(tiny_model, params, monkeypatch):
 
 
 def test_concurrent_clients_get_the_sequential_answers(tiny_model, params):
+    """Shared padded batches (an explicit max_batch; the CPU default answers each text alone): the
+    tiny model's answers do not change with the batch. The trained cpu model's did once (docs/SERVE.md)."""
     with BackgroundServer(create_app(fresh_guard(tiny_model, params), "tiny")) as srv:
         sequential = [call(srv.url, "/v1/classify", {"input": t}) for t in TEXTS]
         assert call(srv.url, "/health")[2]["served"]["largest_batch"] == 1
     # a fresh server and cache: every answer is generated again, now in shared batches
-    with BackgroundServer(create_app(fresh_guard(tiny_model, params), "tiny")) as srv:
+    with BackgroundServer(create_app(fresh_guard(tiny_model, params), "tiny", Limits(max_batch=256))) as srv:
         order = [TEXTS[i % len(TEXTS)] for i in range(32)]
         with ThreadPoolExecutor(32) as pool:  # 32 clients, one request each
             answers = list(pool.map(lambda t: call(srv.url, "/v1/classify", {"input": t}), order))
@@ -131,6 +134,108 @@ def test_concurrent_clients_get_the_sequential_answers(tiny_model, params):
     assert served["requests"] == 32 and served["batches"] < 32 and served["largest_batch"] > 1
     for t, (_, _, got) in zip(order, answers):
         assert got["results"] == sequential[TEXTS.index(t)][2]["results"]
+
+
+def test_max_batch_defaults_to_one_on_the_cpu_and_an_explicit_value_wins(tiny_model, params, monkeypatch):
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    import guardrsft.serve
+    from guardrsft.cli import app
+    from guardrsft.serve import GPU_MAX_BATCH, resolve_limits
+
+    guard = fresh_guard(tiny_model, params)
+    assert guard.backend == "plain"  # transformers' padded generate: the CPU
+    assert resolve_limits(guard, None).max_batch == 1
+    assert resolve_limits(guard, Limits(max_batch=8)).max_batch == 8
+    for gpu in ("static", "vllm"):  # the slot engine, vLLM
+        assert resolve_limits(SimpleNamespace(backend=gpu), Limits()).max_batch == GPU_MAX_BATCH == 256
+        assert resolve_limits(SimpleNamespace(backend=gpu), Limits(max_batch=3)).max_batch == 3
+    # the CLI: the default is 1 (in /health too); an explicit --max-batch above 1 on the CPU warns once
+    apps = []
+    monkeypatch.setattr(guardrsft.serve, "make_server", lambda app_, *a, **k: apps.append(app_) or SimpleNamespace(
+        run=lambda: None))
+    run = [str(tiny_model), "--params", str(ROOT / "params.yaml")]
+    r = CliRunner().invoke(app, ["serve", *run])
+    assert r.exit_code == 0, r.output
+    assert "max batch 1)" in r.output and "warning" not in r.output
+    r = CliRunner().invoke(app, ["serve", *run, "--max-batch", "4"])
+    assert r.exit_code == 0, r.output
+    assert "max batch 4)" in r.output
+    assert r.output.count("warning: --max-batch 4 on the CPU") == 1 and "the default, 1," in r.output
+    assert "warning" not in CliRunner().invoke(app, ["serve", *run, "--max-batch", "1"]).output
+    monkeypatch.undo()  # the real make_server again, for BackgroundServer
+    for app_, want in zip(apps, (1, 4, 1)):
+        with BackgroundServer(app_) as srv:
+            assert call(srv.url, "/health")[2]["max_batch"] == want
+
+
+def test_default_cpu_server_answers_concurrent_clients_as_one_by_one_calls(tiny_model, params):
+    """The tiny model, really generating: one text per classify call in this thread, then 16
+    concurrent clients against a server with the default limits (a fresh cache: all generated again).
+    The tiny model's answers were measured not to change in padded batches either, so only the
+    batch sizes tell the default apart from shared batches here; the next test shows the difference."""
+    items = [{"content": t, "response": None} for t in TEXTS]
+    guard = fresh_guard(tiny_model, params)
+    one_by_one = [json.loads(json.dumps(full(guard.classify([it])[0]))) for it in items]
+    with BackgroundServer(create_app(fresh_guard(tiny_model, params), "tiny")) as srv:
+        with ThreadPoolExecutor(len(TEXTS)) as pool:
+            answers = list(pool.map(lambda t: call(srv.url, "/v1/classify", {"input": t}), TEXTS))
+        health = call(srv.url, "/health")[2]
+    assert health["max_batch"] == 1 and health["served"]["largest_batch"] == 1
+    assert [s for s, _, _ in answers] == [200] * len(TEXTS)
+    assert [a["results"][0] for _, _, a in answers] == one_by_one  # verdicts, reasoning, scores
+
+
+@pytest.fixture
+def batch_sensitive(monkeypatch):
+    """A backend whose answer depends on the rest of its generate call, as the CPU's float sums do
+    on a near tie (in an exaggerated way): each row names the call's size and padded width and is
+    UNSAFE when it is the widest. It waits for the gate, so requests can queue up meanwhile."""
+    gate = threading.Event()
+
+    def generate(self, prompts, stream=None, sampling=None):
+        gate.wait(30)
+        w = max(map(len, prompts))
+        return [f"Reasoning: {len(prompts)} prompts, {w} wide\nClassification: {'UNSAFE' if len(p) == w else 'SAFE'}"
+                for p in prompts], [3] * len(prompts)
+
+    monkeypatch.setattr(Guard, "_generate", generate)
+    yield gate
+    gate.set()
+
+
+def test_an_answer_never_depends_on_its_batch_neighbours(tiny_model, params, batch_sensitive):
+    """Every request waits in the queue together while the first is held; with the CPU default
+    each text (also each text of a three-text request) is still answered alone, so each gets its
+    one-by-one answer. An explicit --max-batch 256 shares the call, and the answers change."""
+    requests = TEXTS[:8] + [TEXTS[8:11]]
+    texts = TEXTS[:11]
+    batch_sensitive.set()
+    guard = fresh_guard(tiny_model, params)
+    one_by_one = {t: json.loads(json.dumps(full(guard.classify([{"content": t}])[0]))) for t in texts}
+
+    def served(limits):
+        batch_sensitive.clear()
+        with BackgroundServer(create_app(fresh_guard(tiny_model, params), "tiny", limits)) as srv:
+            with ThreadPoolExecutor(len(requests)) as pool:
+                futs = [pool.submit(call, srv.url, "/v1/classify", {"input": r}) for r in requests]
+                for _ in range(300):  # until all but the request taken first are queued (bounded: 30 s)
+                    if call(srv.url, "/health")[2]["queued_items"] >= len(texts) - 3:
+                        break
+                    time.sleep(0.1)
+                batch_sensitive.set()
+                answers = [f.result() for f in futs]
+            health = call(srv.url, "/health")[2]
+        assert [s for s, _, _ in answers] == [200] * len(requests)
+        got = [res for _, _, a in answers for res in a["results"]]
+        return [g == one_by_one[t] for t, g in zip(texts, got)], health
+
+    same, health = served(None)
+    assert all(same) and health["served"]["largest_batch"] == 1 and health["max_batch"] == 1
+    same, health = served(Limits(max_batch=256))
+    assert not all(same) and health["served"]["largest_batch"] > 1
 
 
 @pytest.fixture

@@ -265,7 +265,9 @@ def serve(
     max_chars: int = typer.Option(8000, min=1, help="Characters per text (413 above)."),
     max_body_bytes: int = typer.Option(4 << 20, min=1, help="Request body size (413 above)."),
     max_queue: int = typer.Option(1024, min=1, help="Texts waiting for the model (503 + Retry-After above)."),
-    max_batch: int = typer.Option(256, min=1, help="Texts answered by one batched classify call."),
+    max_batch: Optional[int] = typer.Option(
+        None, min=1, help="Texts answered by one batched classify call (default: 1 on the CPU, where a text's "
+                          "answer could otherwise depend on its batch neighbours; 256 on a GPU)."),
     timeout: float = typer.Option(120.0, min=0.1, help="Seconds a request may wait and run (504 after)."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Generation batch (default: params' evaluate batch)."),
     params: str = PARAMS,
@@ -280,7 +282,7 @@ def serve(
       GUARDRSFT_API_KEY=secret guardrsft serve models/merged --host 0.0.0.0 --port 8080"""
     import os
 
-    from .serve import Limits, create_app, make_server
+    from .serve import Limits, create_app, make_server, resolve_limits
 
     def run():
         from .models import ModelError
@@ -289,12 +291,17 @@ def serve(
             raise ModelError(f"--max-queue ({max_queue}) must be at least --max-items ({max_items})")
         p = _params(params)
         guard = _open(model, adapter, p, batch_size=batch_size, cache_path=cache)
-        limits = Limits(max_items=max_items, max_chars=max_chars, max_body_bytes=max_body_bytes,
-                        max_queue=max_queue, max_batch=max_batch, timeout_s=timeout)
+        limits = resolve_limits(guard, Limits(max_items=max_items, max_chars=max_chars, max_body_bytes=max_body_bytes,
+                                              max_queue=max_queue, max_batch=max_batch, timeout_s=timeout))
+        if guard.backend == "plain" and limits.max_batch > 1:
+            typer.echo(f"serve: warning: --max-batch {limits.max_batch} on the CPU: a text's verdicts can depend on "
+                       "the other texts in its batch (padding changes float sums on the CPU); the default, 1, "
+                       "answers each text alone and avoids it (docs/SERVE.md)", err=True)
         token = os.environ.get(api_key_env) or None
         app_ = create_app(guard, name or Path(model.rstrip("/")).name, limits, token=token)
-        typer.echo(f"serve: {model} ({guard.backend}, policies: {', '.join(guard.p.policies)}) on "
-                   f"http://{host}:{port}" + (f"; API key from ${api_key_env}" if token else "; no API key"), err=True)
+        typer.echo(f"serve: {model} ({guard.backend}, policies: {', '.join(guard.p.policies)}, max batch "
+                   f"{limits.max_batch}) on http://{host}:{port}"
+                   + (f"; API key from ${api_key_env}" if token else "; no API key"), err=True)
         make_server(app_, host, port, timeout).run()
 
     _guarded(run)

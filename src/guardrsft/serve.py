@@ -4,9 +4,11 @@
 
 One worker thread owns the guard (a Guard is not thread-safe): requests put their items in a
 bounded queue, the worker takes everything waiting (up to `max_batch` items) and answers it
-with one `Guard.classify` call per policy set, so concurrent requests share batches (the slot
-engine's continuous batching on a GPU; padded batches on the CPU). Greedy answers are cached
-by the guard (in memory, and in `cache_path` when given), so a repeated input costs nothing.
+with `Guard.classify` calls of at most `max_batch` items per policy set, so concurrent requests
+share batches (the slot engine's continuous batching on a GPU). On the CPU the default
+`max_batch` is 1 (default_max_batch): padded batches there are not batch-invariant, so each
+item is answered alone and its answer never depends on its neighbours. Greedy answers are
+cached by the guard (in memory, and in `cache_path` when given), so a repeated input costs nothing.
 
 Scores: a result with `scores` {policy: P(UNSAFE)} gives category_scores; otherwise a policy
 scores 1.0 when its verdict is UNSAFE and 0.0 when it is SAFE or has none (a parse error,
@@ -15,6 +17,7 @@ listed in the result's `parse_errors`; /v1/classify gives the full answer).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import json
 import math
@@ -47,9 +50,27 @@ class Limits:
     max_chars: int = 8000         # characters per text (content + response), as classify-file
     max_body_bytes: int = 4 << 20  # request body
     max_queue: int = 1024         # items waiting for the worker; more is answered 503
-    max_batch: int = 256          # items per classify call
+    max_batch: Optional[int] = None  # items per classify call; None: default_max_batch(guard)
     timeout_s: float = 120.0      # per request, queueing included
     cache_entries: int = 200_000  # answers kept in memory (oldest dropped first)
+
+
+# Items per classify call on a GPU (the slot engine, vLLM): its answers were measured the same at 1,
+# 64 and 512 concurrent clients as in one call of all texts (docs/BENCHMARKS.md).
+GPU_MAX_BATCH = 256
+
+
+def default_max_batch(guard) -> int:
+    """1 where the guard decodes with transformers' padded `generate` (the CPU): the padding changes
+    the float summation order of a batch, which flipped 1 of 8 texts' verdicts of the trained cpu
+    model (docs/SERVE.md), so each item is decoded alone there (batch-invariant by construction)."""
+    return 1 if guard.backend == "plain" else GPU_MAX_BATCH
+
+
+def resolve_limits(guard, limits: Optional[Limits]) -> Limits:
+    """`limits` with max_batch filled in for this guard (an explicit value wins)."""
+    limits = limits or Limits()
+    return dataclasses.replace(limits, max_batch=limits.max_batch or default_max_batch(guard))
 
 
 class ServeError(Exception):
@@ -64,7 +85,7 @@ class Batcher:
     """The worker thread that owns the guard and the bounded queue in front of it."""
 
     def __init__(self, guard, limits: Limits):
-        self.guard, self.limits = guard, limits
+        self.guard, self.limits = guard, resolve_limits(guard, limits)
         self.q: queue.Queue = queue.Queue()
         self.lock = threading.Lock()
         self.pending = 0  # items queued, not yet taken by the worker
@@ -144,15 +165,17 @@ class Batcher:
         if not ok:
             return
         flat = [it for items, _ in ok for it in items]
-        t0 = time.time()
-        results = self.guard.classify(flat, policies=pols)
-        generated = self.guard.last_stats.get("generated_pairs", 0)
+        t0, results, generated, size = time.time(), [], 0, self.limits.max_batch
+        # at most max_batch items per call, also within one request (max_batch 1: each item alone)
+        for b in range(0, len(flat), size):
+            results += self.guard.classify(flat[b:b + size], policies=pols)
+            generated += self.guard.last_stats.get("generated_pairs", 0)
+            self.stats["batches"] += 1
+            self.stats["largest_batch"] = max(self.stats["largest_batch"], len(flat[b:b + size]))
         if generated:
             self.seconds_per_item = (time.time() - t0) / len(flat)
         self.stats["requests"] += len(ok)
         self.stats["items"] += len(flat)
-        self.stats["batches"] += 1
-        self.stats["largest_batch"] = max(self.stats["largest_batch"], len(flat))
         at = 0
         for items, fut in ok:
             fut.set_result(results[at:at + len(items)])
@@ -259,7 +282,7 @@ def create_app(guard, name: str, limits: Optional[Limits] = None, token: Optiona
     """The FastAPI app. token: when set, every route but /health needs `Authorization: Bearer <token>`."""
     from contextlib import asynccontextmanager
 
-    limits = limits or Limits()
+    limits = resolve_limits(guard, limits)
     created = int(time.time())
 
     @asynccontextmanager
@@ -352,7 +375,7 @@ def create_app(guard, name: str, limits: Optional[Limits] = None, token: Optiona
                 # the model's taxonomy (its guardrsft.json): what each category id means, its severity
                 "taxonomy": {q: {"definition": " ".join(d.split()), **guard.p.policy_info.get(q, {})}
                              for q, d in guard.p.policies.items()},
-                "queued_items": b.pending, "served": dict(b.stats)}
+                "max_batch": limits.max_batch, "queued_items": b.pending, "served": dict(b.stats)}
 
     @app.get("/v1/models")
     async def models():

@@ -1,9 +1,12 @@
-"""Bootstrap intervals for bench/quality.py predictions, and paired differences between two runs.
+"""Bootstrap intervals for recorded predictions, and paired differences between two runs.
 
-    .venv/bin/python bench/bootstrap_ci.py /tmp/q10/o3/P/predictions/rsft.openai_moderation.jsonl.gz \
-        --against /tmp/q9/o1/C/predictions/rsft.openai_moderation.jsonl.gz
+    .venv/bin/python bench/bootstrap_ci.py \
+        docs/bench-results/2026-12-04b/gpu-c-full/predictions/openai_moderation.jsonl.gz \
+        --against docs/bench-results/2026-12-04b/gpu-c/predictions/openai_moderation.jsonl.gz
 
-Reads `<out>/predictions/<model>.<set>.jsonl.gz` (per item: gold policies, harmful or not, the
+Reads the evaluate stage's `data/predictions/benchmarks/<set>.jsonl` or `data/predictions/test.jsonl`
+(plain or gzipped; --model finetuned|baseline picks the answer) or the archived bench/quality.py
+files `<out>/predictions/<model>.<set>.jsonl.gz` (per item: gold policies, harmful or not, the
 verdicts) and prints JSON: per file, harmful F1, binary accuracy and exact match with their
 95% percentile-bootstrap intervals over items (guardrsft.metrics.bootstrap_ci, the rules of the
 reported metrics: a parse failure is wrong). With --against, the paired difference FILE - AGAINST
@@ -26,12 +29,17 @@ from guardrsft.evaluate import headline_delta
 from guardrsft.metrics import CI_METRICS, bootstrap_ci, compute
 
 
-def read(path: str) -> tuple[list[str], list[dict], list[dict]]:
+def read(path: str, model: str = "finetuned") -> tuple[list[str], list[dict], list[dict]]:
     """(ids, golds, results) in the shapes guardrsft.metrics reads."""
     ids, golds, results = [], [], []
-    with gzip.open(path, "rt") as f:
+    with (gzip.open(path, "rt") if path.endswith(".gz") else open(path)) as f:
         for line in f:
             r = json.loads(line)
+            if model in r:  # the evaluate stage's predictions: gold and each model's answer as written
+                ids.append(r["id"])
+                golds.append(r["gold"])
+                results.append(r[model])
+                continue
             ids.append(r["id"])
             # `known` missing (older files): no policy's gold is claimed, so no exact match
             old = "known" not in r
@@ -44,16 +52,18 @@ def read(path: str) -> tuple[list[str], list[dict], list[dict]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("files", nargs="+", help="predictions/<model>.<set>.jsonl.gz of bench/quality.py")
+    ap.add_argument("files", nargs="+", help="evaluate's predictions (data/predictions/...) or bench/quality.py's")
+    ap.add_argument("--model", default="finetuned", choices=("finetuned", "baseline"),
+                    help="which answer of the evaluate stage's predictions (ignored for bench/quality.py files)")
     ap.add_argument("--against", default=None, help="a second run's file for the same set: paired FILE - AGAINST")
     ap.add_argument("--resamples", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=3407)
     a = ap.parse_args()
     pol = list(POLICY_IDS)
-    other = read(a.against) if a.against else None
+    other = read(a.against, a.model) if a.against else None
     report = {}
     for path in a.files:
-        ids, golds, res = read(path)
+        ids, golds, res = read(path, a.model)
         m = compute(golds, res, pol)
         row = {"items": len(ids), **{k: m[k] for k in CI_METRICS},
                "ci95": bootstrap_ci(golds, res, pol, resamples=a.resamples, seed=a.seed)}

@@ -220,7 +220,8 @@ def test_prepare_keeps_pseudo_labelled_items_in_the_train_split(tmp_path):
 
 def test_the_gpu_recipe_loads_and_differs_from_params_yaml_only_in_recipe_keys():
     p = load_params(ROOT / "params/gpu-recipe.yaml")
-    assert (p.preset, p.lr, p.train.epochs, p.train.lora_r, p.train.lora_alpha) == ("a100", 5e-4, 2, 128, 128)
+    assert (p.preset, p.lr, p.train.method, p.train.epochs) == ("a100", 5e-5, "full", 2)
+    assert (p.train.lora_r, p.train.lora_alpha) == (128, 128)  # C as LoRA: -S train.method=lora -S lr=5e-4
     assert p.evaluate.benchmarks == ["openai_moderation", "toxicchat_gr"] and p.prompt.mode == "per_policy"
     assert p.data.max_items == 12000 and p.data.pseudo_label.k == 4 and not p.hsdpo_enabled
     assert all(s.path.startswith("../shared/data/") for s in p.data.sources)

@@ -46,10 +46,15 @@ def test_kill_then_resume_matches_an_uninterrupted_run(tmp_path, embedded_model,
     env = dict(os.environ, GUARDRSFT_CACHE=str(cache_dir))
     ref = subprocess.run(cmd(tmp_path, "ref"), env=env, capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr[-3000:]
-    again = subprocess.run(cmd(tmp_path, "again"), env=env, capture_output=True, text=True)
+    # another user: the same converted base under another cache path (PEFT records that path)
+    other = tmp_path / "other-cache"
+    other.mkdir()
+    (other / "models").symlink_to(Path(cache_dir) / "models", target_is_directory=True)
+    again = subprocess.run(cmd(tmp_path, "again"), env=dict(env, GUARDRSFT_CACHE=str(other)),
+                           capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-3000:]
-    for f in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "adapter/guardrsft.json",
-              "train.json", "loss.csv"):  # bit for bit: what git and dvc.lock track of two runs
+    for f in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "adapter/README.md",
+              "adapter/guardrsft.json", "train.json", "loss.csv"):  # bit for bit: what git and dvc.lock track of two runs
         assert (tmp_path / "ref" / f).read_bytes() == (tmp_path / "again" / f).read_bytes(), f
     assert "train_seconds" in json.loads(timings_path(tmp_path / "ref/train.json").read_text())
     # the checkpoint dir is removed after success, so the same params train afresh here

@@ -422,7 +422,7 @@ def train_dpo(p: Params, pairs_path: str, adapter_in: str, adapter_out: str, met
 
     with atomic_dir(adapter_out) as tmp:
         trainer.model.save_pretrained(tmp, selected_adapters=["default"])
-        stable_adapter_config(tmp)
+        stable_adapter_config(tmp, p.model)
         tok.save_pretrained(tmp)
         (tmp / "guardrsft.json").write_text(json.dumps({"base_model": base_name, "preset": p.preset}, indent=2))
         (tmp / "hsdpo.json").write_text(json.dumps({**note, "trained": True}, indent=2))

@@ -330,16 +330,24 @@ def last_checkpoint(ckpt: Path) -> str | None:
     return str(max(done, key=checkpoint_step)) if done else None
 
 
-def stable_adapter_config(folder: Path) -> None:
-    """PEFT writes target_modules from a set, in the order of this process's string hashes:
-    sorted, two runs of the same training write the same adapter_config.json."""
+def stable_adapter_config(folder: Path, base: str) -> None:
+    """Make the adapter folder's bytes depend on the training only. PEFT writes target_modules from
+    a set, in the order of this process's string hashes: sorted. It also writes the folder the base
+    was loaded from (for the embedded model a cache path under $HOME) into adapter_config.json and
+    README.md: replaced by the declared base (`Params.model`: a Hub id, a folder or embedded:<name>),
+    so another user's `dvc repro` writes the same adapter and dvc.lock stays clean."""
     f = Path(folder) / "adapter_config.json"
     if not f.exists():  # train.method full: a whole model, no adapter config
         return
     cfg = json.loads(f.read_text())
     if isinstance(cfg.get("target_modules"), list):
         cfg["target_modules"] = sorted(cfg["target_modules"])
+    local = cfg.get("base_model_name_or_path")
+    cfg["base_model_name_or_path"] = base
     f.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    card = Path(folder) / "README.md"
+    if local and local != base and card.exists():
+        card.write_text(card.read_text().replace(local, base))
 
 
 def _save_adapter(trainer, tok, p: Params, adapter_out: str, sharded: bool) -> None:
@@ -358,7 +366,7 @@ def _save_adapter(trainer, tok, p: Params, adapter_out: str, sharded: bool) -> N
                     trainer.model.to(torch_dtype(p.hw["dtype"])).save_pretrained(tmp, safe_serialization=True)
                 else:
                     trainer.model.save_pretrained(tmp)
-                stable_adapter_config(tmp)
+                stable_adapter_config(tmp, p.model)
                 tok.save_pretrained(tmp)
                 (tmp / "guardrsft.json").write_text(meta)
         return
@@ -376,7 +384,7 @@ def _save_adapter(trainer, tok, p: Params, adapter_out: str, sharded: bool) -> N
             for f in staging.iterdir():
                 if f.name != "training_args.bin":
                     shutil.move(str(f), tmp / f.name)
-            stable_adapter_config(tmp)
+            stable_adapter_config(tmp, p.model)
             tok.save_pretrained(tmp)
             (tmp / "guardrsft.json").write_text(meta)
         shutil.rmtree(staging, ignore_errors=True)

@@ -95,6 +95,26 @@ def test_check_params_rewrites_a_file_only_when_its_values_change(tmp_path):
     assert json.loads((tmp_path / "export.json").read_text())["export"]["name"] == "other"
 
 
+def test_the_committed_stage_params_are_what_check_params_writes_now(tmp_path, monkeypatch):
+    """metrics/params/*.json in git and their md5 in dvc.lock equal what check_params writes from
+    params.yaml with this code; otherwise a fresh clone's `dvc repro` rewrites them, reruns the
+    stages that read them, and leaves dvc.lock changed (found: `policy_info` added to the code,
+    the committed files not regenerated)."""
+    import hashlib
+
+    monkeypatch.delenv("GUARDRSFT_BASE_MODEL", raising=False)
+    graph.write_stage_params(load_params(ROOT / "params.yaml"), tmp_path)
+    lock = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
+    for f in sorted(tmp_path.iterdir()):
+        committed = ROOT / graph.PARAMS_DIR / f.name
+        assert committed.read_text() == f.read_text(), f"{committed}: run `dvc repro check_params` and commit"
+        md5 = hashlib.md5(committed.read_bytes()).hexdigest()
+        for stage, entry in lock.items():
+            for d in entry.get("deps", []):
+                if d["path"] == f"{graph.PARAMS_DIR}/{f.name}":
+                    assert d["md5"] == md5, f"dvc.lock {stage}: {d['path']} is stale: `dvc commit -f {stage}`"
+
+
 # ------------------------------------------------------------------ one screen of metrics
 def _eval(em=0.4583, base=0.5, lo=0.02, hi=0.3, em_ci=(0.30, 0.62)):
     return {"exact_match": em, "harmful_f1": 0.7123, "parse_failure_rate": 0.0417,

@@ -20,9 +20,6 @@ TINY = {
     "  save_steps: 10": "  save_steps: 1",
     "  max_samples: null ": "  max_samples: 2 ",
     "  max_new_tokens: null": "  max_new_tokens: 12",
-    # one GGUF: each type costs a write and a transformers read-back (~30 s); test_export
-    # covers F16's strict logit check on the real model
-    "  gguf_types: [F16, Q8_0] ": "  gguf_types: [Q8_0] ",
 }
 
 

@@ -94,7 +94,7 @@ def tiny_export(tiny, tmp_path_factory):
     try:
         out = tmp_path_factory.mktemp("tiny-export")
         (out / "eval.json").write_text(json.dumps(EVAL))
-        p = tiny_params(load_params(ROOT / "params.yaml"))
+        p = tiny_params(load_params(ROOT / "params.yaml"), gguf_types=["F16", "Q8_0"])
         export(p, str(tiny / "adapter"), str(out / "merged"), str(out / "eval.json"), gguf_dir=str(out / "gguf"),
                metrics_out=str(out / "export.json"))
     finally:
@@ -291,7 +291,7 @@ def test_export_params_are_checked(tmp_path, params_text):
     from guardrsft.config import ParamsError, load_params
 
     for old, new, msg in [
-        ("gguf_types: [F16, Q8_0]", "gguf_types: [F16, Q4_K]", "`export.gguf_types` must list distinct types"),
+        ("gguf_types: [Q8_0]", "gguf_types: [F16, Q4_K]", "`export.gguf_types` must list distinct types"),
         ("modelfile_type: Q8_0", "modelfile_type: F32", "`export.modelfile_type` must be one of"),
         ("push_to_hub: false", "push_to_hub: true", "`export.hub_repo` must be `owner/name`"),
         ("check_min_agreement: 0.75", "check_min_agreement: 1.5", "`export.check_min_agreement` must be in [0, 1]"),

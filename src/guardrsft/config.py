@@ -274,7 +274,7 @@ class ExportParams:
     auto_metric: str = "exact_match"
     dtype: str = "float16"  # the merged model's weights (always merged into a 16/32-bit base)
     name: str = "guardrsft"  # GGUF file names and the suggested Ollama model name
-    gguf_types: list = field(default_factory=lambda: ["F16", "Q8_0"])  # of F32, F16, BF16, Q8_0; []: none
+    gguf_types: list = field(default_factory=lambda: ["Q8_0"])  # of F32, F16, BF16, Q8_0; []: none
     modelfile_type: str = "Q8_0"  # the GGUF the Ollama Modelfile loads
     check_prompts: int = 4  # round-trip probe prompts per GGUF; 0: no check
     check_max_logit_diff: float = 0.25  # F32/F16: max |delta logit| vs the merged model

@@ -517,3 +517,23 @@ def test_gguf_vocab_accepts_the_byte_level_decoder_transformers_writes_from_gguf
     tok.save_pretrained(tmp_path / "sp")
     with pytest.raises(ExportError, match="byte-level BPE"):
         _vocab(tmp_path / "sp", len(tok))
+
+
+def test_attaching_an_adapter_warns_nothing_a_user_cannot_act_on(tiny):
+    """PEFT reads transformers 5's deprecated `is_gradient_checkpointing` when it wraps a model:
+    a FutureWarning in every evaluate and export log that no user can act on (issue 25)."""
+    import warnings
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from guardrsft.models import attach_adapter
+
+    def caught(load):
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            load(AutoModelForCausalLM.from_pretrained(tiny / "base"), str(tiny / "adapter"))
+        return [str(x.message) for x in w if "is_gradient_checkpointing" in str(x.message)]
+
+    assert caught(PeftModel.from_pretrained)  # the warning this hides is real
+    assert caught(attach_adapter) == []

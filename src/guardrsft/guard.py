@@ -612,9 +612,9 @@ def load_guard(base: str, adapter: Optional[str] = None, params: Optional[Params
     hw = dict(p.hw, load_in_4bit=p.hw["load_in_4bit"] and not merge)
     model = load_model(path, hw)
     if adapter:
-        from peft import PeftModel
+        from .models import attach_adapter
 
-        model = PeftModel.from_pretrained(model, adapter)
+        model = attach_adapter(model, adapter)
         if merge:
             model = model.merge_and_unload()  # ~20% faster decoding than an attached adapter
     model.eval()

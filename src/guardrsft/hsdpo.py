@@ -28,7 +28,7 @@ from .config import Params
 from .data import subsample
 from .guard import load_guard
 from .io import atomic_dir, read_jsonl, write_json, write_jsonl, write_text
-from .models import cache_dir, check_device, load_model, load_tokenizer, resolve_base, tokenizer_source
+from .models import attach_adapter, cache_dir, check_device, load_model, load_tokenizer, resolve_base, tokenizer_source
 from .prompts import messages, target
 from .shard import params_file, resolve_processes, run_sharded, shard_guard
 from .train import TrainError
@@ -387,7 +387,6 @@ def train_dpo(p: Params, pairs_path: str, adapter_in: str, adapter_out: str, met
 
     import torch
     from datasets import Dataset
-    from peft import PeftModel
     from transformers import set_seed
 
     from .train import fp32_adapter, last_checkpoint, peak_memory_gb, stable_adapter_config
@@ -406,7 +405,7 @@ def train_dpo(p: Params, pairs_path: str, adapter_in: str, adapter_out: str, met
     cfg = dpo_config(p, str(ckpt))
     model = load_model(path, p.hw, for_training=True, gradient_checkpointing=p.gradient_checkpointing)
     # the R-SFT adapter, trainable; TRL adds a frozen "ref" copy of it as the reference policy
-    model = PeftModel.from_pretrained(model, adapter_in, is_trainable=True)
+    model = attach_adapter(model, adapter_in, is_trainable=True)
     trainer = weighted_dpo_trainer_class()(model=model, args=cfg, train_dataset=Dataset.from_list(records),
                                            processing_class=tok, callbacks=list(callbacks))
     if "ref" not in trainer.model.peft_config:

@@ -139,19 +139,30 @@ def is_full_model(folder: str | Path | None) -> bool:
     return bool(folder) and (Path(folder) / "config.json").exists() and not (Path(folder) / "adapter_config.json").exists()
 
 
+
+def attach_adapter(model, adapter: str, **kw):
+    """PeftModel.from_pretrained without the FutureWarning it triggers in transformers 5
+    (`is_gradient_checkpointing` is deprecated): PEFT reads that alias, a user cannot act on it."""
+    import warnings
+
+    from peft import PeftModel
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return PeftModel.from_pretrained(model, adapter, **kw)
+
 def save_merged(base: str, adapter: str, dtype: str, dest: Path) -> None:
     """The adapter merged into the base (loaded in `dtype`, never 4-bit) and its tokenizer (a whole
     model from train.method full: that model in `dtype`),
     written to dest as a plain model folder (export's models/merged, the vllm backend's copy).
     PEFT computes each delta in fp32 on CPU, so merging straight into a 16-bit copy loses nothing."""
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     if is_full_model(adapter):  # train.method full: nothing to merge, the weights in `dtype`
         model = AutoModelForCausalLM.from_pretrained(adapter, dtype=torch_dtype(dtype))
     else:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype(dtype))
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        model = attach_adapter(model, adapter).merge_and_unload()
     model.save_pretrained(dest, safe_serialization=True)
     load_tokenizer(tokenizer_source(adapter, base)).save_pretrained(dest)
 

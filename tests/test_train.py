@@ -162,3 +162,35 @@ def test_checkpoint_with_torn_trainer_state_is_skipped(tmp_path, capsys):
         (d / "trainer_state.json").write_text(state)
     assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
     assert "checkpoint-4, checkpoint-6" in capsys.readouterr().err
+
+
+def test_training_args_warn_nothing_a_user_cannot_act_on(params):
+    """transformers 5 renamed `gradient_checkpointing` `activation_checkpointing`: passing the old
+    name put a FutureWarning in every train_rsft and train_hsdpo log (issue 25)."""
+    import dataclasses
+    import warnings
+
+    from guardrsft.hsdpo import dpo_config
+    from guardrsft.train import sft_config
+
+    on = dataclasses.replace(params, train=dataclasses.replace(params.train, gradient_checkpointing=True))
+    for p in (params, on):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            configs = [sft_config(p, "/tmp/guardrsft-test-args"), dpo_config(p, "/tmp/guardrsft-test-args")]
+        for cfg in configs:  # the setting still arrives, under both names (TRL reads the old one)
+            assert cfg.activation_checkpointing is cfg.gradient_checkpointing is p.gradient_checkpointing
+            if p.gradient_checkpointing:
+                assert cfg.activation_checkpointing_kwargs == {"use_reentrant": False}
+
+
+def test_bitsandbytes_kernel_fetch_warning_is_silenced():
+    """On CPUs with AVX-512 BF16, importing bitsandbytes (PEFT does) warns that the optional
+    `kernels` package cannot fetch a 4-bit kernel: three lines per `dvc repro` for a path no preset
+    takes on CPU. Errors still show."""
+    import logging
+
+    import guardrsft.models  # noqa: F401  (sets the level at import, before PEFT loads bitsandbytes)
+
+    level = logging.getLogger("bitsandbytes.backends.cpu.ops").getEffectiveLevel()
+    assert level == logging.ERROR

@@ -28,7 +28,8 @@ from .config import Params
 from .data import subsample
 from .guard import load_guard
 from .io import atomic_dir, read_jsonl, write_json, write_jsonl, write_text
-from .models import attach_adapter, cache_dir, check_device, load_model, load_tokenizer, resolve_base, tokenizer_source
+from .models import (attach_adapter, cache_dir, check_device, checkpointing_args, load_model, load_tokenizer,
+                     quiet_deprecations, resolve_base, tokenizer_source)
 from .prompts import messages, target
 from .shard import params_file, resolve_processes, run_sharded, shard_guard
 from .train import TrainError
@@ -317,11 +318,9 @@ def dpo_config(p: Params, output_dir: str, **override):
         weight_decay=p.train.weight_decay, logging_steps=p.train.logging_steps, save_steps=p.train.save_steps,
         save_total_limit=2, seed=p.seed, data_seed=p.seed, report_to="none",
         bf16=hw["dtype"] == "bfloat16", fp16=hw["dtype"] == "float16", use_cpu=hw["device"] == "cpu",
-        gradient_checkpointing=p.gradient_checkpointing, dataloader_pin_memory=hw["device"] == "cuda",
+        **checkpointing_args(DPOConfig, p.gradient_checkpointing), dataloader_pin_memory=hw["device"] == "cuda",
         logging_first_step=True, disable_tqdm=False, remove_unused_columns=True,
     )
-    if p.gradient_checkpointing:
-        kw["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
     kw.update(override)
     return DPOConfig(**kw)
 
@@ -406,8 +405,9 @@ def train_dpo(p: Params, pairs_path: str, adapter_in: str, adapter_out: str, met
     model = load_model(path, p.hw, for_training=True, gradient_checkpointing=p.gradient_checkpointing)
     # the R-SFT adapter, trainable; TRL adds a frozen "ref" copy of it as the reference policy
     model = attach_adapter(model, adapter_in, is_trainable=True)
-    trainer = weighted_dpo_trainer_class()(model=model, args=cfg, train_dataset=Dataset.from_list(records),
-                                           processing_class=tok, callbacks=list(callbacks))
+    with quiet_deprecations():  # TRL reads the deprecated is_gradient_checkpointing while wrapping
+        trainer = weighted_dpo_trainer_class()(model=model, args=cfg, train_dataset=Dataset.from_list(records),
+                                               processing_class=tok, callbacks=list(callbacks))
     if "ref" not in trainer.model.peft_config:
         raise HsdpoError("TRL did not create a reference adapter; the reference would be the base model")
     fp32_adapter(trainer.model)
@@ -416,7 +416,8 @@ def train_dpo(p: Params, pairs_path: str, adapter_in: str, adapter_out: str, met
     if last:
         print(f"[hsdpo] resuming from {last}", file=sys.stderr, flush=True)
     t0 = time.time()
-    out = trainer.train(resume_from_checkpoint=last)
+    with quiet_deprecations():
+        out = trainer.train(resume_from_checkpoint=last)
     wall = time.time() - t0
 
     with atomic_dir(adapter_out) as tmp:

@@ -3,6 +3,7 @@ local folders; device checks; loading for training and inference."""
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import shutil
 import tempfile
@@ -15,8 +16,37 @@ EMBEDDED = {
 }
 
 
+# bitsandbytes, imported by PEFT, tries on CPUs with AVX-512 BF16 to fetch a 4-bit kernel from the Hub
+# and warns when the optional `kernels` package is absent. No preset runs 4-bit on CPU, so that
+# warning (three per `dvc repro`) names nothing a user can act on; errors still show
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+
 class ModelError(RuntimeError):
     pass
+
+
+@contextmanager
+def quiet_deprecations():
+    """transformers 5 renamed gradient checkpointing `activation_checkpointing`; PEFT and TRL still
+    read the old `is_gradient_checkpointing` alias, which warns on every load and training run.
+    The user cannot act on it, so it is silenced where those libraries read it (nothing else)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
+def checkpointing_args(config_cls, enabled: bool) -> dict:
+    """Training-args keys that turn activation checkpointing on or off: transformers 5 calls it
+    `activation_checkpointing` (passing the old `gradient_checkpointing` warns on every run);
+    releases without the new field take the old name."""
+    from dataclasses import fields
+
+    key = "activation_checkpointing" if "activation_checkpointing" in {f.name for f in fields(config_cls)} \
+        else "gradient_checkpointing"
+    return {key: enabled, **({f"{key}_kwargs": {"use_reentrant": False}} if enabled else {})}
 
 
 def cache_dir() -> Path:
@@ -143,12 +173,9 @@ def is_full_model(folder: str | Path | None) -> bool:
 def attach_adapter(model, adapter: str, **kw):
     """PeftModel.from_pretrained without the FutureWarning it triggers in transformers 5
     (`is_gradient_checkpointing` is deprecated): PEFT reads that alias, a user cannot act on it."""
-    import warnings
-
     from peft import PeftModel
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with quiet_deprecations():
         return PeftModel.from_pretrained(model, adapter, **kw)
 
 def save_merged(base: str, adapter: str, dtype: str, dest: Path) -> None:

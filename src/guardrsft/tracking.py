@@ -14,6 +14,7 @@ temp dirs land in the same database)."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import signal
@@ -225,6 +226,9 @@ def stage_run(p: Params, stage: str) -> Iterator[Optional[object]]:
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    # the first logging stage of a fresh clone creates the sqlite store, which MLflow announces at
+    # INFO ("Creating initial MLflow database tables..."): a notice with nothing to act on
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     uri = tracking_uri(p)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(tracking_uri=uri)

@@ -21,7 +21,7 @@ from .config import Params
 from .balance import VERSION as balance_version
 from .balance import balance
 from .io import atomic_dir, read_jsonl, write_metrics, write_text
-from .models import cache_dir, check_device, load_model, load_tokenizer, resolve_base
+from .models import cache_dir, check_device, checkpointing_args, load_model, load_tokenizer, quiet_deprecations, resolve_base
 from .spec import describe
 from .prompts import JOINT, joint_target, messages, target, unit_messages
 
@@ -200,15 +200,13 @@ def sft_config(p: Params, output_dir: str, **override):
         weight_decay=p.train.weight_decay, logging_steps=p.train.logging_steps, save_steps=p.train.save_steps,
         save_total_limit=2, seed=p.seed, data_seed=p.seed, report_to="none",
         bf16=hw["dtype"] == "bfloat16", fp16=hw["dtype"] == "float16", use_cpu=hw["device"] == "cpu",
-        gradient_checkpointing=p.gradient_checkpointing, completion_only_loss=True,
+        **checkpointing_args(SFTConfig, p.gradient_checkpointing), completion_only_loss=True,
         # position_ids restart per example, so attention (SDPA with a block-diagonal mask, or
         # FlashAttention varlen) never crosses examples
         padding_free=p.padding_free,
         use_liger_kernel=liger_enabled(p), torch_compile=p.train.torch_compile,
         dataloader_pin_memory=hw["device"] == "cuda", disable_tqdm=False, logging_first_step=True,
     )
-    if p.gradient_checkpointing:
-        kw["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
     kw.update(override)
     return SFTConfig(**kw)
 
@@ -460,7 +458,8 @@ def train(p: Params, traces_path: str, adapter_out: str, metrics_out: str, plot_
         r=p.train.lora_r, lora_alpha=p.train.lora_alpha, lora_dropout=p.train.lora_dropout,
         target_modules=list(p.train.target_modules), task_type="CAUSAL_LM", bias="none",
         layers_to_transform=list(range(n_layers - top, n_layers)) if top < n_layers else None)
-    trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, peft_config=lora)
+    with quiet_deprecations():  # PEFT reads the deprecated is_gradient_checkpointing while wrapping
+        trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, peft_config=lora)
     if not full:
         fp32_adapter(trainer.model)
     n_params = base_param_count(trainer.model)
@@ -475,7 +474,8 @@ def train(p: Params, traces_path: str, adapter_out: str, metrics_out: str, plot_
         torch.cuda.reset_peak_memory_stats()
     t0 = time.time()
     try:
-        out = trainer.train(resume_from_checkpoint=last)
+        with quiet_deprecations():
+            out = trainer.train(resume_from_checkpoint=last)
     except torch.cuda.OutOfMemoryError:
         raise TrainError(oom_advice(p)) from None
     wall = time.time() - t0

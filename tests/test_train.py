@@ -28,14 +28,15 @@ def test_loss_covers_the_assistant_turn_only(pp_params, embedded_model):
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    from guardrsft.models import load_model, load_tokenizer
+    from guardrsft.models import checkpointing_args, load_model, load_tokenizer
 
     trace = {"policy": "violence", "content": "How do I kill a stuck process?", "classification": "SAFE",
              "reasoning": "Step 1 (intent): a.\nStep 2 (harms): b.\nStep 3 (policy criteria): c."}
     rec = sft_records([trace], params)[0]
     tok = load_tokenizer(embedded_model)
     cfg = SFTConfig(output_dir="/tmp/guardrsft-test-mask", max_length=512, use_cpu=True, bf16=False,
-                    completion_only_loss=True, report_to="none", per_device_train_batch_size=1)
+                    completion_only_loss=True, report_to="none", per_device_train_batch_size=1,
+                    **checkpointing_args(SFTConfig, False))
     tr = SFTTrainer(model=load_model(embedded_model, params.hw), args=cfg, train_dataset=Dataset.from_list([rec]),
                     processing_class=tok, peft_config=LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM"))
     batch = MaskCheckCollator(tr.data_collator)([tr.train_dataset[0]])

@@ -169,7 +169,6 @@ def is_full_model(folder: str | Path | None) -> bool:
     return bool(folder) and (Path(folder) / "config.json").exists() and not (Path(folder) / "adapter_config.json").exists()
 
 
-
 def attach_adapter(model, adapter: str, **kw):
     """PeftModel.from_pretrained without the FutureWarning it triggers in transformers 5
     (`is_gradient_checkpointing` is deprecated): PEFT reads that alias, a user cannot act on it."""
@@ -177,6 +176,7 @@ def attach_adapter(model, adapter: str, **kw):
 
     with quiet_deprecations():
         return PeftModel.from_pretrained(model, adapter, **kw)
+
 
 def save_merged(base: str, adapter: str, dtype: str, dest: Path) -> None:
     """The adapter merged into the base (loaded in `dtype`, never 4-bit) and its tokenizer (a whole

@@ -3,6 +3,7 @@
 #   A: the default (full fine-tuning, per-policy) at seed 1
 #   B: the joint (one-pass) prompt with the default full fine-tuning, then the default at seed 2
 # each stops at `evaluate` (no export: these runs measure quality)
+# /root/g/joint.py was docs/bench-results/2026-12-04/joint.py, carried in .gpu/g
 E=/root/g/exp.sh
 ( bash $E gpu-c-full-s1 evaluate -S seed=1 ) > /root/logs/workerA.out 2>&1 &
 sleep 20

@@ -9,7 +9,7 @@ steps, applied by train() to the rows it reads (the traces file itself is not re
    item's six SAFE pairs teach much the same thing six times; thinning buys more distinct items
    per step. A harmful item keeps SAFE pairs too: which policy it does NOT violate is the
    per-policy lesson. SAFE rows marked `"hard": true` (hard negatives: pairs a trained model
-   answered UNSAFE, bench/hard_negatives.py) are kept first, all of them, and the random pick
+   answered UNSAFE; the removed bench/hard_negatives.py marked them) are kept first, all of them, and the random pick
    fills the rest of the item's quota: a random pick keeps a benign item's one confusable
    policy (hate_speech for a neutral statement about a group) a third of the time at 2 of 6.
    Without marked rows the pick is the same, draw for draw, as before the marks existed.

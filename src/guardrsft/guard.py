@@ -289,7 +289,7 @@ class Guard:
             if sampling is not None:
                 raise ModelError("Guard.sample draws seeded samples token by token (guardrsft.sampling) and the "
                                  "vllm backend is greedy only: load the guard with backend='auto' for sampling "
-                                 "(HS-DPO mining and bench/pseudo_label.py do, whatever evaluate.backend says)")
+                                 "(HS-DPO mining and data.pseudo_label do, whatever evaluate.backend says)")
             texts, counts = self.engine.generate(prompts, self.max_new_tokens)
             if stream is not None:  # vLLM's offline API does not stream: the whole answer at once
                 stream(texts[0])

@@ -14,13 +14,18 @@ What runs: the parent makes the random-weight model once, then
      i.e. exactly what train_rsft does with `train.distributed: ddp`.
 Both use train_rsft's SFTConfig (a100 preset: bf16, padding-free, LoRA r 16 on all linear layers,
 no gradient checkpointing), `--steps` optimizer steps of the same examples; the first `--warmup`
-steps are not timed. tokens = real prompt + completion tokens of every rank.
+steps are not timed. `--distributed fsdp|deepspeed_zero3` launches the N-process run with that
+shipped config instead of ddp.yaml (issue 29), and `--method full` trains every weight instead of
+LoRA (the case sharding is for: a model whose full training state does not fit one GPU). tokens = real prompt + completion tokens of every rank.
 Writes <out>/run-1gpu.json, <out>/run-2gpu.json and <out>/multi_gpu.json with
   scaling_efficiency = tokens_per_second(2) / (2 x tokens_per_second(1)),
   max_abs_loss_diff over the logged steps (bf16 on different GPUs: small, not zero).
 Without CUDA it runs a CPU dry run of the same code (2 gloo processes) for checking the script:
   python bench/multi_gpu.py --model <tiny HF folder> --tokenizer <same> --data X.jsonl --out /tmp/mg \
       --steps 4 --warmup 1 --per-device-batch 2 --grad-accum 2 --max-length 4096
+  (2026-12-04: rc 0 for --distributed ddp, fsdp, and fsdp --method full, on a 2-layer random llama.)
+Sharded runs for issue 29, on 2 GPUs (DeepSpeed needs `pip install 'guardrsft[deepspeed]'` first):
+  python bench/multi_gpu.py --model shape:llama-3.2-3b --distributed fsdp --method full --data .gpu/d/traces.jsonl --out $OUT/fsdp-3b-full
 """
 from __future__ import annotations
 
@@ -43,7 +48,7 @@ def bench_params(a):
 
     over = {"preset": "a100", "train.max_length": a.max_length, "train.gradient_checkpointing": False,
             "train.padding_free": True, "train.batch_size": a.per_device_batch, "train.grad_accum": a.grad_accum,
-            "train.distributed": "ddp", "train.lora_dropout": 0.0}
+            "train.distributed": a.distributed, "train.method": a.method, "train.lora_dropout": 0.0}
     import torch
 
     if not torch.cuda.is_available():
@@ -79,8 +84,9 @@ def worker(a) -> None:
     lora = LoraConfig(r=p.train.lora_r, lora_alpha=p.train.lora_alpha, lora_dropout=0.0,
                       target_modules=list(p.train.target_modules), task_type="CAUSAL_LM", bias="none")
     tr = SFTTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(recs), processing_class=tok,
-                    peft_config=lora)
-    fp32_adapter(tr.model)
+                    peft_config=lora if a.method == "lora" else None)
+    if a.method == "lora":
+        fp32_adapter(tr.model)
     tr.data_collator = counter = MaskCheckCollator(tr.data_collator)
     cuda = torch.cuda.is_available()
     marks = []
@@ -99,16 +105,21 @@ def worker(a) -> None:
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
         dt = float(t.item())
     tps = timed / dt
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    if world > 1 and cuda:  # sharded runs differ per rank: the largest decides what fits
+        t = torch.tensor([peak], device=torch.device("cuda", torch.cuda.current_device()))
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        peak = float(t.item())
     n_params = base_param_count(tr.model)
     losses = {h["step"]: h["loss"] for h in tr.state.log_history if "loss" in h}
-    res = dict(processes=world, device=torch.cuda.get_device_name() if cuda else "cpu (dry run)",
+    res = dict(processes=world, distributed=a.distributed if world > 1 else "none", method=a.method, device=torch.cuda.get_device_name() if cuda else "cpu (dry run)",
                per_device_batch=cfg.per_device_train_batch_size, grad_accum_per_process=ga,
                global_batch=plan["global_batch"], steps=s1, timed_steps=s1 - s0, tokens_timed=timed,
                tokens_per_second=round(tps, 1), seconds_per_step=round(dt / (s1 - s0), 4),
                mfu_per_gpu=round(mfu(tps / world, n_params) or 0, 4), base_params=n_params,
                wall_seconds=round(wall, 1), attention=tr.model.config._attn_implementation if hasattr(
                    tr.model, "config") else None,
-               peak_memory_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+               peak_memory_gib=round(peak, 2) if peak is not None else None,
                losses={str(k): round(v, 5) for k, v in sorted(losses.items())})
     if dist.is_main():
         Path(a.run_out).write_text(json.dumps(res, indent=2))
@@ -128,6 +139,9 @@ def main() -> None:
     ap.add_argument("--grad-accum", type=int, default=2, help="of the 1-GPU run; divided by 2 on 2 GPUs")
     ap.add_argument("--max-length", type=int, default=2048)
     ap.add_argument("--gpus", type=int, default=2)
+    ap.add_argument("--distributed", default="ddp", choices=["ddp", "fsdp", "deepspeed_zero3"],
+                    help="the N-process run's configs/accelerate/<name>.yaml")
+    ap.add_argument("--method", default="lora", choices=["lora", "full"], help="train.method")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--run-out", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -148,7 +162,8 @@ def main() -> None:
     model = materialize(a.model, a.tokenizer)  # once, before any worker starts
     args = ["--model", model, "--data", a.data, "--steps", str(a.steps), "--warmup", str(a.warmup),
             "--per-device-batch", str(a.per_device_batch), "--grad-accum", str(a.grad_accum),
-            "--max-length", str(a.max_length), "--out", str(out), "--worker"]
+            "--max-length", str(a.max_length), "--distributed", a.distributed, "--method", a.method,
+            "--out", str(out), "--worker"]
     p = bench_params(a)
     runs = {}
     for n in (1, a.gpus):
@@ -170,6 +185,7 @@ def main() -> None:
     diffs = [abs(one["losses"][s] - two["losses"][s]) for s in common]
     report = dict(
         date=time.strftime("%Y-%m-%d"), device=one["device"], gpus=a.gpus, model=a.model, torch=torch.__version__,
+        distributed=a.distributed, method=a.method,
         global_batch=one["global_batch"], steps=a.steps, warmup=a.warmup,
         tokens_per_second={"1": one["tokens_per_second"], str(a.gpus): two["tokens_per_second"]},
         scaling_efficiency=round(two["tokens_per_second"] / (a.gpus * one["tokens_per_second"]), 4),

@@ -14,9 +14,10 @@ What runs: the parent makes the random-weight model once, then
      i.e. exactly what train_rsft does with `train.distributed: ddp`.
 Both use train_rsft's SFTConfig (a100 preset: bf16, padding-free, LoRA r 16 on all linear layers,
 no gradient checkpointing), `--steps` optimizer steps of the same examples; the first `--warmup`
-steps are not timed. `--distributed fsdp|deepspeed_zero3` launches the N-process run with that
-shipped config instead of ddp.yaml (issue 29), and `--method full` trains every weight instead of
-LoRA (the case sharding is for: a model whose full training state does not fit one GPU). tokens = real prompt + completion tokens of every rank.
+steps are not timed. tokens = real prompt + completion tokens of every rank.
+`--distributed fsdp|deepspeed_zero3` launches the N-process run with that shipped config instead of
+ddp.yaml (issue 29), and `--method full` trains every weight instead of LoRA (the case sharding is
+for: a model whose full training state does not fit one GPU).
 Writes <out>/run-1gpu.json, <out>/run-2gpu.json and <out>/multi_gpu.json with
   scaling_efficiency = tokens_per_second(2) / (2 x tokens_per_second(1)),
   max_abs_loss_diff over the logged steps (bf16 on different GPUs: small, not zero).
@@ -99,20 +100,22 @@ def worker(a) -> None:
     ga = cfg.gradient_accumulation_steps
     (s0, ta), (s1, tb) = marks[a.warmup - 1], marks[-1]
     timed = global_sum(sum(counter.batch_tokens[s0 * ga:s1 * ga]))  # every rank's tokens
-    dt = tb - ta
-    if world > 1:  # the slowest rank's clock decides
-        t = torch.tensor([dt], device=torch.device("cuda", torch.cuda.current_device()) if cuda else "cpu")
+
+    def rank_max(x: float) -> float:  # collective: every rank calls it, in the same order
+        if world == 1:
+            return x
+        t = torch.tensor([x], device=torch.device("cuda", torch.cuda.current_device()) if cuda else "cpu")
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-        dt = float(t.item())
+        return float(t.item())
+
+    dt = rank_max(tb - ta)  # the slowest rank's clock decides
     tps = timed / dt
-    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
-    if world > 1 and cuda:  # sharded runs differ per rank: the largest decides what fits
-        t = torch.tensor([peak], device=torch.device("cuda", torch.cuda.current_device()))
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-        peak = float(t.item())
+    # sharded runs differ per rank: the largest decides what fits
+    peak = rank_max(torch.cuda.max_memory_allocated() / 2**30) if cuda else None
     n_params = base_param_count(tr.model)
     losses = {h["step"]: h["loss"] for h in tr.state.log_history if "loss" in h}
-    res = dict(processes=world, distributed=a.distributed if world > 1 else "none", method=a.method, device=torch.cuda.get_device_name() if cuda else "cpu (dry run)",
+    res = dict(processes=world, distributed=a.distributed if world > 1 else "none", method=a.method,
+               device=torch.cuda.get_device_name() if cuda else "cpu (dry run)",
                per_device_batch=cfg.per_device_train_batch_size, grad_accum_per_process=ga,
                global_batch=plan["global_batch"], steps=s1, timed_steps=s1 - s0, tokens_timed=timed,
                tokens_per_second=round(tps, 1), seconds_per_step=round(dt / (s1 - s0), 4),
